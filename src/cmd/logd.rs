@@ -1,0 +1,472 @@
+//! `logd`: the log's administrator, offline: topics, groups, verify, recover and retention.
+//! (`logd serve`, the network daemon, is not part of this build.)
+
+use crate::cli::{self, LogArgs};
+use crate::error::{usage, Error, Result};
+use crate::log::groups::Groups;
+use crate::log::segment::{self, log_path, Mapped};
+use crate::log::{names, verify, FsyncMode, Log, PartitionReader, PartitionWriter, TopicConfig};
+use crate::record::time;
+use clap::{Args as ClapArgs, CommandFactory, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+
+const ABOUT: &str = "Administer the log: topics, consumer groups, verification, recovery, retention";
+
+const AFTER: &str = "\
+Exit status: 0 success; 1 damage found (verify), or an I/O error during the work; 2 bad flags,
+no such topic or group, a partition locked by a writer.
+
+Examples:
+  logd topics create telemetry --partitions 4 --retention-age 30d
+  logd topics describe telemetry
+  logd groups reset dash -t telemetry --to @yesterday
+  logd verify && echo clean";
+
+#[derive(Parser, Debug)]
+#[command(name = "logd", version, about = ABOUT, after_long_help = AFTER)]
+pub struct Args {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+pub fn command() -> clap::Command {
+    Args::command()
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create, list, describe, alter and delete topics
+    #[command(subcommand)]
+    Topics(TopicsCmd),
+    /// List, describe, reset and delete consumer groups
+    #[command(subcommand)]
+    Groups(GroupsCmd),
+    /// Check every frame, index and metadata file; exit 1 on any damage
+    #[command(long_about = "Check every segment header, every frame's length, CRC and offset continuity, every \
+index and time index entry against the log, and the checksums of topic, group and checkpoint \
+files. Each problem is printed with its file and position; exit 1 on any. A tail that recovery \
+sealed (kept on disk, never served) is a note, not damage. Reads only; safe beside writers.")]
+    Verify(VerifyArgs),
+    /// Recover partitions now: cut torn tails, rebuild every index from the log
+    #[command(long_about = "Open each partition as its writer would and recover it, checking every segment \
+(not only those after the recovery checkpoint): a torn or corrupt tail is cut, and every index \
+that is missing, short or wrong is rebuilt from the log. Partitions held by a running writer \
+are skipped (the writer recovered them when it opened).")]
+    Recover(TopicFilter),
+    /// Apply retention now: delete whole old segments past the topic's limits
+    #[command(long_about = "Delete whole sealed segments that the topic's retention (bytes, age of the newest \
+record) no longer keeps. The active segment is never deleted. A reader that already has a \
+segment open keeps reading it. Partitions held by a running writer are skipped: writers apply \
+retention themselves each time they roll a segment.")]
+    Retention(TopicFilter),
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct TopicFilter {
+    /// Only these topics (default: all)
+    #[arg(short = 't', long = "topic", value_name = "TOPIC")]
+    pub topics: Vec<String>,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub filter: TopicFilter,
+    /// Print only problems
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(ClapArgs, Debug, Clone)]
+pub struct TopicSettings {
+    /// Roll segments at this size (e.g. 128MiB)
+    #[arg(long, value_name = "SIZE")]
+    pub segment_bytes: Option<String>,
+    /// Roll segments at this age (e.g. 7d)
+    #[arg(long, value_name = "DURATION")]
+    pub segment_age: Option<String>,
+    /// Keep at most this many bytes per partition (`none`: no limit)
+    #[arg(long, value_name = "SIZE")]
+    pub retention_bytes: Option<String>,
+    /// Delete segments whose newest record is older than this (`none`: no limit)
+    #[arg(long, value_name = "DURATION")]
+    pub retention_age: Option<String>,
+}
+
+impl TopicSettings {
+    fn apply(&self, c: &mut TopicConfig) -> Result<()> {
+        if let Some(s) = &self.segment_bytes {
+            c.segment_bytes = time::parse_size(s).map_err(usage)?;
+        }
+        if let Some(s) = &self.segment_age {
+            c.segment_ms = time::parse_duration_ms(s).map_err(usage)? as u64;
+        }
+        if let Some(s) = &self.retention_bytes {
+            c.retention_bytes = if s == "none" { None } else { Some(time::parse_size(s).map_err(usage)?) };
+        }
+        if let Some(s) = &self.retention_age {
+            c.retention_ms = if s == "none" { None } else { Some(time::parse_duration_ms(s).map_err(usage)? as u64) };
+        }
+        Ok(())
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TopicsCmd {
+    /// List topics with their partition counts
+    List {
+        /// JSON output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a topic
+    Create {
+        name: String,
+        /// Number of partitions
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        partitions: u32,
+        #[command(flatten)]
+        settings: TopicSettings,
+    },
+    /// Per partition: earliest and latest offsets, first and last timestamps, segments, bytes
+    Describe {
+        name: String,
+        /// JSON output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a topic's segment and retention settings
+    Alter {
+        name: String,
+        #[command(flatten)]
+        settings: TopicSettings,
+    },
+    /// Delete a topic and its data (fails while a writer holds a partition)
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupsCmd {
+    /// List consumer groups
+    List,
+    /// Committed offsets, log end offsets and lag per topic and partition
+    Describe {
+        group: String,
+        /// JSON output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a group's offsets for a topic
+    Reset {
+        group: String,
+        /// Topic whose offsets to set
+        #[arg(short = 't', long, value_name = "TOPIC")]
+        topic: String,
+        /// earliest, latest, OFFSET or @TIME
+        #[arg(long, value_name = "WHERE")]
+        to: String,
+        /// Only this partition
+        #[arg(long, value_name = "P")]
+        partition: Option<u32>,
+    },
+    /// Delete a group's committed offsets
+    Delete { group: String },
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let log = Log::new(a.log.dir());
+    match a.cmd {
+        Cmd::Topics(t) => topics(&log, t),
+        Cmd::Groups(g) => groups(&log, g),
+        Cmd::Verify(v) => verify_cmd(&log, v),
+        Cmd::Recover(f) => per_partition(&log, &f, "recover", true, |w| Ok(std::mem::take(&mut w.recovery))),
+        Cmd::Retention(f) => per_partition(&log, &f, "retention", false, |w| w.apply_retention(time::now_ms())),
+    }
+}
+
+fn stdout_line(s: &str) -> Result<()> {
+    writeln!(std::io::stdout(), "{s}").map_err(|e| Error::io("writing stdout", e))
+}
+
+fn topics(log: &Log, t: TopicsCmd) -> Result<()> {
+    match t {
+        TopicsCmd::List { json } => {
+            for name in log.list_topics()? {
+                let c = log.topic_config(&name)?;
+                if json {
+                    stdout_line(&serde_json::json!({"topic": name, "partitions": c.partitions}).to_string())?;
+                } else {
+                    stdout_line(&format!("{name}\t{}", c.partitions))?;
+                }
+            }
+            Ok(())
+        }
+        TopicsCmd::Create { name, partitions, settings } => {
+            let mut c = TopicConfig::new(partitions);
+            settings.apply(&mut c)?;
+            if !log.create_topic(&name, &c)? {
+                return Err(crate::error::setup(format!("topic {name:?} already exists")));
+            }
+            Ok(())
+        }
+        TopicsCmd::Alter { name, settings } => {
+            let mut c = log.topic_config(&name)?;
+            settings.apply(&mut c)?;
+            log.set_topic_config(&name, &c)
+        }
+        TopicsCmd::Describe { name, json } => describe(log, &name, json),
+        TopicsCmd::Delete { name } => {
+            let c = log.topic_config(&name)?;
+            // Hold every partition's writer lock while the topic goes away.
+            let mut held = Vec::new();
+            for p in 0..c.partitions {
+                held.push(PartitionWriter::open(&log.partition_dir(&name, p)?, &c, FsyncMode::Never, false)?);
+            }
+            log.delete_topic_dir(&name)?;
+            drop(held);
+            Ok(())
+        }
+    }
+}
+
+fn describe(log: &Log, name: &str, json: bool) -> Result<()> {
+    let c = log.topic_config(name)?;
+    let mut rows = Vec::new();
+    for p in 0..c.partitions {
+        let dir = log.partition_dir(name, p)?;
+        let mut r = PartitionReader::open(&dir)?;
+        let earliest = r.earliest();
+        let latest = r.end_offset()?;
+        let bases = r.segment_bases().to_vec();
+        let mut bytes = 0u64;
+        for b in &bases {
+            bytes += std::fs::metadata(log_path(&dir, *b)).map(|m| m.len()).unwrap_or(0);
+        }
+        let (first_ts, last_ts) = first_last_ts(&dir, &bases);
+        rows.push(serde_json::json!({
+            "partition": p, "earliest": earliest, "latest": latest, "records": latest - earliest,
+            "first_ts": first_ts, "last_ts": last_ts, "segments": bases.len(), "bytes": bytes,
+        }));
+    }
+    if json {
+        let v = serde_json::json!({
+            "topic": name, "partitions": c.partitions, "segment_bytes": c.segment_bytes, "segment_ms": c.segment_ms,
+            "retention_bytes": c.retention_bytes, "retention_ms": c.retention_ms, "cleanup_policy": c.cleanup_policy,
+            "partition_info": rows,
+        });
+        return stdout_line(&v.to_string());
+    }
+    stdout_line(&format!(
+        "topic {name}: {} partitions, segments roll at {} or {}, retention {} / {}",
+        c.partitions,
+        cli::human_bytes(c.segment_bytes),
+        human_ms(c.segment_ms),
+        c.retention_bytes.map_or("unlimited".into(), cli::human_bytes),
+        c.retention_ms.map_or("unlimited".into(), human_ms),
+    ))?;
+    stdout_line("partition\tearliest\tlatest\trecords\tfirst_ts\tlast_ts\tsegments\tbytes")?;
+    for r in rows {
+        let ts = |k: &str| r[k].as_i64().map_or("-".to_string(), time::format_rfc3339);
+        stdout_line(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            r["partition"], r["earliest"], r["latest"], r["records"], ts("first_ts"), ts("last_ts"), r["segments"], r["bytes"]
+        ))?;
+    }
+    Ok(())
+}
+
+fn human_ms(ms: u64) -> String {
+    let ms = ms as f64;
+    if ms >= 86_400_000.0 {
+        format!("{:.1}d", ms / 86_400_000.0)
+    } else if ms >= 3_600_000.0 {
+        format!("{:.1}h", ms / 3_600_000.0)
+    } else {
+        format!("{:.1}s", ms / 1000.0)
+    }
+}
+
+/// Timestamp of the first record of the partition and of its last record.
+fn first_last_ts(dir: &std::path::Path, bases: &[u64]) -> (Option<i64>, Option<i64>) {
+    use crate::log::format::{check_frame, FrameCheck, RecordIter, FILE_HEADER_LEN};
+    let mut first = None;
+    let mut last = None;
+    for (i, b) in bases.iter().enumerate() {
+        let Ok(f) = File::open(log_path(dir, *b)) else { continue };
+        let Ok(m) = Mapped::of(&f) else { continue };
+        let bytes = m.bytes();
+        let limit = bases.get(i + 1).copied();
+        let mut pos = FILE_HEADER_LEN;
+        let mut off = *b;
+        while pos < bytes.len() && limit != Some(off) {
+            let FrameCheck::Ok(info) = check_frame(&bytes[pos..]) else { break };
+            let frame = &bytes[pos..pos + info.total_len];
+            if first.is_none() {
+                first = RecordIter::new(frame, &info).next().map(|r| r.timestamp);
+            }
+            if i + 1 == bases.len() || limit == Some(info.next_offset()) {
+                last = RecordIter::new(frame, &info).last().map(|r| r.timestamp).or(last);
+            }
+            pos += info.total_len;
+            off = info.next_offset();
+            // Only the first frame of the first segment and the frames of the last matter.
+            if first.is_some() && i + 1 < bases.len() && limit != Some(off) {
+                break;
+            }
+        }
+    }
+    (first, last)
+}
+
+fn groups(log: &Log, g: GroupsCmd) -> Result<()> {
+    let groups = Groups::new(log);
+    match g {
+        GroupsCmd::List => {
+            for name in groups.list()? {
+                stdout_line(&name)?;
+            }
+            Ok(())
+        }
+        GroupsCmd::Describe { group, json } => {
+            names::validate("group", &group)?;
+            if !groups.exists(&group)? {
+                return Err(crate::error::setup(format!("no group {group:?}")));
+            }
+            let offs = groups.load(&group)?;
+            if !json {
+                stdout_line("topic\tpartition\tcommitted\tlatest\tlag")?;
+            }
+            for (topic, parts) in offs {
+                for (p, committed) in parts {
+                    let latest = log
+                        .partition_dir(&topic, p)
+                        .ok()
+                        .filter(|d| d.is_dir())
+                        .and_then(|d| PartitionReader::open(&d).and_then(|mut r| r.end_offset()).ok());
+                    let lag = latest.map(|l| l.saturating_sub(committed));
+                    if json {
+                        let v = serde_json::json!({"group": group, "topic": topic, "partition": p, "committed": committed, "latest": latest, "lag": lag});
+                        stdout_line(&v.to_string())?;
+                    } else {
+                        let f = |x: Option<u64>| x.map_or("-".to_string(), |v| v.to_string());
+                        stdout_line(&format!("{topic}\t{p}\t{committed}\t{}\t{}", f(latest), f(lag)))?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        GroupsCmd::Reset { group, topic, to, partition } => {
+            names::validate("group", &group)?;
+            let c = log.topic_config(&topic)?;
+            let mut current = groups.load(&group)?.remove(&topic).unwrap_or_default();
+            let mut set = BTreeMap::new();
+            for p in 0..c.partitions {
+                if partition.is_some_and(|x| x != p) {
+                    continue;
+                }
+                let mut r = PartitionReader::open(&log.partition_dir(&topic, p)?)?;
+                let o = match to.as_str() {
+                    "earliest" => r.earliest(),
+                    "latest" => r.end_offset()?,
+                    s if s.starts_with('@') => {
+                        r.seek_time(time::parse_time_arg(&s[1..]).map_err(usage)?)?;
+                        r.position()
+                    }
+                    s => s.parse().map_err(|_| usage(format!("bad --to {s:?}: use earliest, latest, OFFSET or @TIME")))?,
+                };
+                set.insert(p, o);
+            }
+            if let Some(p) = partition {
+                if p >= c.partitions {
+                    return Err(usage(format!("--partition {p}: topic {topic:?} has partitions 0 to {}", c.partitions - 1)));
+                }
+            }
+            current.extend(set);
+            groups.set_topic(&group, &topic, current)
+        }
+        GroupsCmd::Delete { group } => {
+            if !groups.delete(&group)? {
+                return Err(crate::error::setup(format!("no group {group:?}")));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn selected_topics(log: &Log, f: &TopicFilter) -> Result<Vec<String>> {
+    if f.topics.is_empty() {
+        return log.list_topics();
+    }
+    for t in &f.topics {
+        log.topic_config(t)?;
+    }
+    Ok(f.topics.clone())
+}
+
+fn verify_cmd(log: &Log, v: VerifyArgs) -> Result<()> {
+    let mut r = verify::Report::default();
+    for t in selected_topics(log, &v.filter)? {
+        verify::topic(log, &t, &mut r);
+    }
+    if v.filter.topics.is_empty() {
+        verify::groups(log, &mut r);
+    }
+    for p in &r.problems {
+        stdout_line(&format!("DAMAGE {p}"))?;
+    }
+    if !v.quiet {
+        for n in &r.notes {
+            stdout_line(&format!("note {n}"))?;
+        }
+        stdout_line(&format!(
+            "verified {} segments, {} frames, {} records, {}: {}",
+            r.segments,
+            r.frames,
+            r.records,
+            cli::human_bytes(r.bytes),
+            if r.problems.is_empty() { "no damage".to_string() } else { format!("{} problems", r.problems.len()) }
+        ))?;
+    }
+    if r.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Data(format!("{} problems found", r.problems.len())))
+    }
+}
+
+/// Opens each selected partition as its writer (skipping held ones) and runs `f`.
+fn per_partition(
+    log: &Log,
+    filter: &TopicFilter,
+    what: &str,
+    full: bool,
+    f: impl Fn(&mut PartitionWriter) -> Result<Vec<String>>,
+) -> Result<()> {
+    for t in selected_topics(log, filter)? {
+        let c = log.topic_config(&t)?;
+        for p in 0..c.partitions {
+            let dir = log.partition_dir(&t, p)?;
+            if segment::list_segments(&dir).map(|s| s.is_empty()).unwrap_or(true) && !dir.is_dir() {
+                continue;
+            }
+            match PartitionWriter::open_with(&dir, &c, FsyncMode::Batch, false, full) {
+                Ok(mut w) => {
+                    let msgs = f(&mut w)?;
+                    for m in msgs {
+                        stdout_line(&format!("{t}/{p}: {m}"))?;
+                    }
+                    w.close()?;
+                }
+                Err(Error::Setup(m)) if m.contains("locked") => {
+                    stdout_line(&format!("{t}/{p}: skipped by {what}: a writer holds it"))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! One module per tool: its clap Command (`command()`), typed arguments and `run`.
+
+pub mod consume;
+pub mod logd;
+pub mod produce;

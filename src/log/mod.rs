@@ -1,0 +1,20 @@
+//! The shared segmented log: topics of partitions of segments, each a file of CRC-checked
+//! frames of records with dense offsets, plus sparse offset and time indexes that are only
+//! caches. `format` is the byte layout; `writer` owns appends, recovery and retention;
+//! `reader` serves lock-free reads; `verify` checks everything for `logd verify`.
+
+pub mod format;
+pub mod groups;
+pub mod index;
+pub mod meta;
+pub mod names;
+pub mod partitioner;
+pub mod reader;
+pub mod segment;
+pub mod topic;
+pub mod verify;
+pub mod writer;
+
+pub use reader::PartitionReader;
+pub use topic::{Log, TopicConfig};
+pub use writer::{FsyncMode, PartitionWriter};

@@ -1,0 +1,196 @@
+//! Checking a log without changing it (`logd verify`): every segment header, every frame's
+//! length, CRC and offset continuity, every index and time index entry against the frames,
+//! and the checksums of topic, group and checkpoint files. Each problem names its file and
+//! position.
+
+use crate::log::format::*;
+use crate::log::index::{self, IndexPolicy};
+use crate::log::segment::{self, log_path, Mapped, ScanStop};
+use crate::log::{groups, meta, topic, writer};
+use std::fs::File;
+use std::path::Path;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+    pub segments: u64,
+    pub frames: u64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// Verifies one partition directory.
+pub fn partition(dir: &Path, r: &mut Report) {
+    let bases = match segment::list_segments(dir) {
+        Ok(b) => b,
+        Err(e) => {
+            r.problems.push(format!("{}: cannot list: {e}", dir.display()));
+            return;
+        }
+    };
+    let cp_path = dir.join("checkpoint.json");
+    if let Err(e) = meta::read_checked::<writer::Checkpoint>(&cp_path, writer::CHECKPOINT_KIND) {
+        r.problems.push(e);
+    }
+    let mut expect: Option<u64> = None;
+    for (i, &base) in bases.iter().enumerate() {
+        let last = i + 1 == bases.len();
+        let path = log_path(dir, base);
+        r.segments += 1;
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                r.problems.push(format!("{}: {e}", path.display()));
+                continue;
+            }
+        };
+        let map = match Mapped::of(&file) {
+            Ok(m) => m,
+            Err(e) => {
+                r.problems.push(format!("{}: {e}", path.display()));
+                continue;
+            }
+        };
+        let b = map.bytes();
+        r.bytes += b.len() as u64;
+        match FileHeader::decode(b, LOG_MAGIC) {
+            Ok(h) if h.base_offset == base => {}
+            Ok(h) => {
+                r.problems.push(format!("{}: position 0: header names base offset {}", path.display(), h.base_offset));
+                continue;
+            }
+            Err(why) => {
+                r.problems.push(format!("{}: position 0: {why}", path.display()));
+                continue;
+            }
+        }
+        if let Some(e) = expect {
+            if e != base {
+                r.problems.push(format!(
+                    "{}: segment starts at offset {base} but the previous one ends at offset {e}",
+                    path.display()
+                ));
+            }
+        }
+        let limit = bases.get(i + 1).copied();
+        let s = segment::scan(b, FILE_HEADER_LEN, base, limit, IndexPolicy::new(), i64::MIN);
+        r.frames += s.frames;
+        r.records += s.next_offset - base;
+        match &s.stop {
+            ScanStop::End if last => {}
+            ScanStop::Limit => {
+                if s.end < b.len() {
+                    r.notes.push(format!(
+                        "{}: position {}: {} bytes of a tail sealed by recovery (not served)",
+                        path.display(),
+                        s.end,
+                        b.len() - s.end
+                    ));
+                }
+            }
+            ScanStop::End => r.problems.push(format!(
+                "{}: position {}: segment ends at offset {} but the next segment starts at {}",
+                path.display(),
+                s.end,
+                s.next_offset,
+                limit.unwrap_or(0)
+            )),
+            ScanStop::Incomplete => r.problems.push(format!(
+                "{}: position {} (offset {}): torn tail, {} bytes of an incomplete frame",
+                path.display(),
+                s.end,
+                s.next_offset,
+                b.len() - s.end
+            )),
+            ScanStop::Corrupt(why) => r.problems.push(format!(
+                "{}: position {} (offset {}): {why}",
+                path.display(),
+                s.end,
+                s.next_offset
+            )),
+        }
+        expect = Some(s.next_offset);
+        check_index(&path, base, &s, last, r);
+    }
+}
+
+fn check_index(path: &Path, base: u64, s: &segment::Scan, last: bool, r: &mut Report) {
+    let ip = path.with_extension(INDEX_SUFFIX);
+    let tp = path.with_extension(TIMEINDEX_SUFFIX);
+    let (offs, times) = match (index::read_offsets(&ip, base), index::read_times(&tp, base)) {
+        (Ok(o), Ok(t)) => (o, t),
+        (Err(e), _) => {
+            r.problems.push(format!("{}: {e}", ip.display()));
+            return;
+        }
+        (_, Err(e)) => {
+            r.problems.push(format!("{}: {e}", tp.display()));
+            return;
+        }
+    };
+    for (k, (got, want)) in offs.iter().zip(&s.index.offsets).enumerate() {
+        if got != want {
+            let at = FILE_HEADER_LEN + k * INDEX_ENTRY_LEN;
+            r.problems.push(format!(
+                "{}: position {at}: entry ({}, {}) does not match the log ({}, {})",
+                ip.display(),
+                got.offset,
+                got.position,
+                want.offset,
+                want.position
+            ));
+            break;
+        }
+    }
+    for (k, (got, want)) in times.iter().zip(&s.index.times).enumerate() {
+        if got != want {
+            let at = FILE_HEADER_LEN + k * TIMEINDEX_ENTRY_LEN;
+            r.problems.push(format!("{}: position {at}: entry does not match the log", tp.display()));
+            break;
+        }
+    }
+    if offs.len() > s.index.offsets.len() {
+        r.problems.push(format!("{}: {} entries point past the valid log", ip.display(), offs.len() - s.index.offsets.len()));
+    }
+    if times.len() > s.index.times.len() {
+        r.problems.push(format!("{}: {} entries point past the valid log", tp.display(), times.len() - s.index.times.len()));
+    }
+    // A short index on the active segment is normal while a writer runs.
+    if !last && (offs.len() < s.index.offsets.len() || times.len() < s.index.times.len()) {
+        r.problems.push(format!("{}: index is short (rebuilt by `logd recover`)", ip.display()));
+    }
+}
+
+/// Topic metadata, then each partition.
+pub fn topic(log: &topic::Log, name: &str, r: &mut Report) {
+    let Ok(dir) = log.topic_dir(name) else { return };
+    let cfg = match meta::read_checked::<topic::TopicConfig>(&dir.join("topic.json"), topic::TOPIC_KIND) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            r.problems.push(format!("{}: missing", dir.join("topic.json").display()));
+            return;
+        }
+        Err(e) => {
+            r.problems.push(e);
+            return;
+        }
+    };
+    for p in 0..cfg.partitions {
+        let pd = dir.join(p.to_string());
+        if pd.is_dir() {
+            partition(&pd, r);
+        } else {
+            r.problems.push(format!("{}: partition directory missing", pd.display()));
+        }
+    }
+}
+
+pub fn groups(log: &topic::Log, r: &mut Report) {
+    let g = groups::Groups::new(log);
+    for name in g.list().unwrap_or_default() {
+        if let Err(e) = g.load(&name) {
+            r.problems.push(e.to_string());
+        }
+    }
+}
