@@ -221,6 +221,11 @@ impl PartitionWriter {
     /// Flushes and fdatasyncs the active segment: everything appended is durable on return.
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
+        self.sync_written()
+    }
+
+    /// fdatasyncs what was written to the active segment (not the frame being built).
+    fn sync_written(&mut self) -> Result<()> {
         if self.unsynced == 0 {
             return Ok(());
         }
@@ -235,7 +240,7 @@ impl PartitionWriter {
     fn roll(&mut self, base: u64) -> Result<()> {
         self.write_out()?;
         if self.fsync != FsyncMode::Never {
-            self.sync()?;
+            self.sync_written()?;
         }
         let seg = create_segment(&self.dir, base, self.fsync != FsyncMode::Never)?;
         self.seg = seg;

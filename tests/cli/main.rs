@@ -1,0 +1,8 @@
+//! The integration tests: every test runs the real binaries that cargo built.
+
+mod common;
+mod fixtures;
+mod logd;
+mod man;
+mod produce_consume;
+mod recovery;
