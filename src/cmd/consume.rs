@@ -273,16 +273,18 @@ pub fn run(a: Args) -> Result<()> {
     };
     let r = c.pump(&mut parts, &mut out, &mut out_kind, &a, watcher.as_ref(), &pb);
     pb.finish_and_clear();
-    // Whatever ended the run, commit only what reached stdout.
-    if r.is_ok() || matches!(r, Err(Error::BrokenPipe)) {
-        if r.is_ok() {
-            out.flush().inspect_err(|_| {
+    // Whatever ended the run, the records already rendered are good: write them, then
+    // commit only what reached stdout.
+    if !matches!(r, Err(Error::BrokenPipe)) {
+        match out.flush() {
+            Ok(()) => c.mark_flushed(&parts),
+            Err(e) => {
                 let _ = c.commit();
-            })?;
-            c.mark_flushed(&parts);
+                return Err(e);
+            }
         }
-        c.commit()?;
     }
+    c.commit()?;
     for part in &parts {
         if part.reader.skipped_by_retention > 0 {
             cli::note(
@@ -383,6 +385,10 @@ impl Consumer {
                     }
                     if self.count % 65536 < 64 {
                         pb.set_position(self.count);
+                    }
+                    if self.last_commit.elapsed() >= COMMIT_EVERY {
+                        self.flush(out, parts)?;
+                        self.commit()?;
                     }
                     if parts[i].done {
                         break;

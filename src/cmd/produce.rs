@@ -377,8 +377,12 @@ impl Producer {
             }),
             Format::Envelope => {
                 let e = envelope::parse(line)?;
+                // An envelope's numeric ts is milliseconds by definition.
                 let ts = match e.ts {
-                    Some(t) => Some(fields::ts_ms(&RawText::Borrowed(t), None)?),
+                    Some(t) => match t.parse::<i64>() {
+                        Ok(ms) => Some(ms),
+                        Err(_) => Some(fields::ts_ms(&RawText::Borrowed(t), None)?),
+                    },
                     None => None,
                 };
                 Ok(Prepared {
@@ -458,11 +462,6 @@ impl Producer {
     }
 
     fn append(&mut self, p: Prepared<'_>) -> Result<()> {
-        let part = match (self.forced, &p.key) {
-            (Some(f), _) => f,
-            (None, Some(k)) => partition_for_key(k, self.partitions),
-            (None, None) => self.sticky,
-        };
         let ts = p.ts.unwrap_or_else(time::now_ms);
         let rec = RecordRef {
             timestamp: ts,
@@ -472,11 +471,19 @@ impl Producer {
             header_count: p.header_count,
             value_is_json: p.json,
         };
+        let part = match (self.forced, &p.key) {
+            (Some(f), _) => f,
+            (None, Some(k)) => partition_for_key(k, self.partitions),
+            (None, None) => {
+                // Every partition has a writer when no --partition is forced.
+                if self.writers[self.sticky as usize].as_ref().is_some_and(|w| w.would_seal(&rec)) {
+                    self.sticky = (self.sticky + 1) % self.partitions;
+                }
+                self.sticky
+            }
+        };
         let w = self.writers[part as usize].as_mut().expect("a writer is open for every partition records can go to");
         w.append(&rec)?;
-        if p.key.is_none() && self.forced.is_none() && w.frame_full() {
-            self.sticky = (self.sticky + 1) % self.partitions;
-        }
         self.counts[part as usize] += 1;
         self.records += 1;
         self.bytes += p.value.len() as u64;

@@ -146,7 +146,7 @@ impl PartitionWriter {
     /// (or sooner, when a frame fills).
     pub fn append(&mut self, rec: &RecordRef<'_>) -> Result<u64> {
         self.check_ok()?;
-        if !self.frame.is_empty() && self.frame.len() + rec.encoded_len() > FRAME_TARGET {
+        if self.would_seal(rec) {
             self.seal_frame()?;
         }
         let off = self.next_offset;
@@ -158,10 +158,10 @@ impl PartitionWriter {
         Ok(off)
     }
 
-    /// Whether the frame being built has reached its target size (sticky partitioning
-    /// moves on to the next partition then).
-    pub fn frame_full(&self) -> bool {
-        self.frame.len() >= FRAME_TARGET
+    /// Whether appending `rec` would seal the frame being built (sticky partitioning moves
+    /// on to the next partition then, as Kafka's producer does when a batch is full).
+    pub fn would_seal(&self, rec: &RecordRef<'_>) -> bool {
+        !self.frame.is_empty() && self.frame.len() + rec.encoded_len() > FRAME_TARGET
     }
 
     fn seal_frame(&mut self) -> Result<()> {

@@ -35,10 +35,10 @@ fn groups_admin() {
     e.ok("logd", &["groups", "reset", "g", "-t", "t", "--to", "@20000"], b"");
     let d = lines(&e.ok("logd", &["groups", "describe", "g", "--json"], b""));
     for v in &d {
-        // first record at or after ts 20000 in each partition
+        // first record at or after @20000 (epoch seconds: 20,000,000 ms) in each partition
         let p = v["partition"].as_u64().unwrap();
         let recs = lines(&e.consume("t", &["--partition", &p.to_string()]));
-        let want = recs.iter().position(|r| r["ts"].as_i64().unwrap() >= 20_000).unwrap();
+        let want = recs.iter().position(|r| r["ts"].as_i64().unwrap() >= 20_000_000).unwrap();
         assert_eq!(v["committed"].as_u64().unwrap(), want as u64);
     }
     e.ok("logd", &["groups", "reset", "g", "-t", "t", "--to", "latest", "--partition", "1"], b"");
