@@ -47,7 +47,11 @@ impl LogArgs {
     pub fn dir(&self) -> PathBuf {
         self.log
             .clone()
-            .or_else(|| std::env::var_os("KAPPA_LOG").filter(|v| !v.is_empty()).map(PathBuf::from))
+            .or_else(|| {
+                std::env::var_os("KAPPA_LOG")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
             .unwrap_or_else(|| PathBuf::from("kappa-log"))
     }
 }

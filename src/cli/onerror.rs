@@ -24,7 +24,10 @@ impl OnError {
             [m] if m == "skip" => Ok(OnError::Skip),
             [m, f] if m == "dead-letter" => Ok(OnError::DeadLetter(PathBuf::from(f))),
             [m] if m == "dead-letter" => Err(usage("--on-error dead-letter needs a FILE")),
-            _ => Err(usage(format!("--on-error takes fail, skip or dead-letter FILE, not {:?}", v.join(" ")))),
+            _ => Err(usage(format!(
+                "--on-error takes fail, skip or dead-letter FILE, not {:?}",
+                v.join(" ")
+            ))),
         }
     }
 }
@@ -52,11 +55,18 @@ impl BadRecords {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|e| crate::error::setup(format!("dead-letter file {}: {e}", p.display())))?,
+                    .map_err(|e| {
+                        crate::error::setup(format!("dead-letter file {}: {e}", p.display()))
+                    })?,
             )),
             _ => None,
         };
-        Ok(BadRecords { tool, mode, out, count: 0 })
+        Ok(BadRecords {
+            tool,
+            mode,
+            out,
+            count: 0,
+        })
     }
 
     pub fn mode(&self) -> &OnError {
@@ -64,7 +74,14 @@ impl BadRecords {
     }
 
     /// Handles one bad record: Err in fail mode (the caller stops), else counted and kept.
-    pub fn handle(&mut self, where_: &str, line: u64, error: &str, input: &[u8], prov: Option<Provenance<'_>>) -> Result<()> {
+    pub fn handle(
+        &mut self,
+        where_: &str,
+        line: u64,
+        error: &str,
+        input: &[u8],
+        prov: Option<Provenance<'_>>,
+    ) -> Result<()> {
         self.count += 1;
         match &self.mode {
             OnError::Fail => Err(Error::Data(format!("{where_}line {line}: {error}"))),
@@ -84,18 +101,29 @@ impl BadRecords {
                     }
                     Err(_) => {
                         b.extend_from_slice(b",\"input_base64\":\"");
-                        b.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(input).as_bytes());
+                        b.extend_from_slice(
+                            base64::engine::general_purpose::STANDARD
+                                .encode(input)
+                                .as_bytes(),
+                        );
                         b.push(b'"');
                     }
                 }
                 if let Some(pv) = prov {
                     b.extend_from_slice(b",\"topic\":");
                     write_str(&mut b, pv.topic);
-                    b.extend_from_slice(format!(",\"partition\":{},\"offset\":{}", pv.partition, pv.offset).as_bytes());
+                    b.extend_from_slice(
+                        format!(",\"partition\":{},\"offset\":{}", pv.partition, pv.offset)
+                            .as_bytes(),
+                    );
                 }
                 b.extend_from_slice(b"}\n");
-                let out = self.out.as_mut().expect("dead-letter mode always has a file");
-                out.write_all(&b).map_err(|e| Error::io(format!("writing dead letters to {}", p.display()), e))
+                let out = self
+                    .out
+                    .as_mut()
+                    .expect("dead-letter mode always has a file");
+                out.write_all(&b)
+                    .map_err(|e| Error::io(format!("writing dead letters to {}", p.display()), e))
             }
         }
     }
@@ -103,9 +131,12 @@ impl BadRecords {
     /// Flushes and (when `sync`) fsyncs the dead-letter file.
     pub fn flush(&mut self, sync: bool) -> Result<()> {
         if let Some(out) = self.out.as_mut() {
-            out.flush().map_err(|e| Error::io("writing dead letters", e))?;
+            out.flush()
+                .map_err(|e| Error::io("writing dead letters", e))?;
             if sync {
-                out.get_ref().sync_data().map_err(|e| Error::io("syncing dead letters", e))?;
+                out.get_ref()
+                    .sync_data()
+                    .map_err(|e| Error::io("syncing dead letters", e))?;
             }
         }
         Ok(())

@@ -26,7 +26,11 @@ impl Output {
         if !tty {
             grow_pipe(&file);
         }
-        Output { file, buf: Vec::with_capacity(CAPACITY), tty }
+        Output {
+            file,
+            buf: Vec::with_capacity(CAPACITY),
+            tty,
+        }
     }
 
     pub fn is_terminal(&self) -> bool {
@@ -58,5 +62,8 @@ impl Output {
 /// tools of a pipeline. Failure (not a pipe, no permission) is harmless.
 pub fn grow_pipe(f: &File) {
     use nix::fcntl::{fcntl, FcntlArg};
-    let _ = fcntl(std::os::fd::AsRawFd::as_raw_fd(f), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    let _ = fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(f),
+        FcntlArg::F_SETPIPE_SZ(PIPE_SIZE),
+    );
 }

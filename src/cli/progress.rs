@@ -7,7 +7,9 @@ use nix::sys::stat::{fstat, SFlag};
 use std::io::IsTerminal;
 
 fn is_pipe(fd: i32) -> bool {
-    fstat(fd).map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFIFO).unwrap_or(false)
+    fstat(fd)
+        .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFIFO)
+        .unwrap_or(false)
 }
 
 /// Whether to draw: the explicit flags win, else the pipeline-position rule.
@@ -27,8 +29,10 @@ pub fn records_spinner(show: bool, what: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(&format!("{{spinner}} {what} {{human_pos}} records ({{per_sec}}) {{elapsed}}"))
-        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let style = ProgressStyle::with_template(&format!(
+        "{{spinner}} {what} {{human_pos}} records ({{per_sec}}) {{elapsed}}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_spinner());
     pb.set_style(style);
     pb
 }
@@ -39,8 +43,10 @@ pub fn bytes_bar(show: bool, total: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "{bar:30} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     pb.set_style(style);
     pb
 }

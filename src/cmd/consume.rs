@@ -141,11 +141,16 @@ fn parse_start(s: &str) -> Result<Start> {
         return time::parse_time_arg(t).map(Start::Time).map_err(usage);
     }
     if let Some(n) = s.strip_prefix('-') {
-        return n.parse().map(Start::Last).map_err(|_| usage(format!("bad --from {s:?}")));
+        return n
+            .parse()
+            .map(Start::Last)
+            .map_err(|_| usage(format!("bad --from {s:?}")));
     }
-    s.parse()
-        .map(Start::Offset)
-        .map_err(|_| usage(format!("bad position {s:?}: use earliest, latest, OFFSET, -N or @TIME")))
+    s.parse().map(Start::Offset).map_err(|_| {
+        usage(format!(
+            "bad position {s:?}: use earliest, latest, OFFSET, -N or @TIME"
+        ))
+    })
 }
 
 enum Out {
@@ -194,10 +199,19 @@ pub fn run(a: Args) -> Result<()> {
     let cfg = log.topic_config(&a.topic)?;
     if let Some(p) = a.partition {
         if p >= cfg.partitions {
-            return Err(usage(format!("--partition {p}: topic {:?} has partitions 0 to {}", a.topic, cfg.partitions - 1)));
+            return Err(usage(format!(
+                "--partition {p}: topic {:?} has partitions 0 to {}",
+                a.topic,
+                cfg.partitions - 1
+            )));
         }
     }
-    let start = a.from.as_deref().map(parse_start).transpose()?.unwrap_or(Start::Earliest);
+    let start = a
+        .from
+        .as_deref()
+        .map(parse_start)
+        .transpose()?
+        .unwrap_or(Start::Earliest);
     let end = a.to.as_deref().map(parse_start).transpose()?;
     if matches!(end, Some(Start::Earliest | Start::Last(_))) {
         return Err(usage("--to takes latest, OFFSET or @TIME"));
@@ -225,7 +239,10 @@ pub fn run(a: Args) -> Result<()> {
         }
         let dir = log.partition_dir(&a.topic, p)?;
         if !dir.is_dir() {
-            return Err(setup(format!("{}: partition directory missing", dir.display())));
+            return Err(setup(format!(
+                "{}: partition directory missing",
+                dir.display()
+            )));
         }
         let mut reader = PartitionReader::open(&dir)?;
         match (committed.get(&p), &start) {
@@ -253,12 +270,22 @@ pub fn run(a: Args) -> Result<()> {
             }
             Some(_) => None,
         };
-        parts.push(Part { p, reader, end, done: false, written: None });
+        parts.push(Part {
+            p,
+            reader,
+            end,
+            done: false,
+            written: None,
+        });
     }
     if a.follow {
         signals::install_stop_handler();
     }
-    let watcher = if a.follow { watch(&log, &a.topic, &parts) } else { None };
+    let watcher = if a.follow {
+        watch(&log, &a.topic, &parts)
+    } else {
+        None
+    };
     let mut out = Output::stdout();
     let show = progress::wanted(a.progress, a.no_progress);
     let pb = progress::records_spinner(show, "consume");
@@ -271,7 +298,14 @@ pub fn run(a: Args) -> Result<()> {
         last_commit: Instant::now(),
         count: 0,
     };
-    let r = c.pump(&mut parts, &mut out, &mut out_kind, &a, watcher.as_ref(), &pb);
+    let r = c.pump(
+        &mut parts,
+        &mut out,
+        &mut out_kind,
+        &a,
+        watcher.as_ref(),
+        &pb,
+    );
     pb.finish_and_clear();
     // Whatever ended the run, the records already rendered are good: write them, then
     // commit only what reached stdout.
@@ -290,7 +324,10 @@ pub fn run(a: Args) -> Result<()> {
             cli::note(
                 a.quiet,
                 "consume",
-                &format!("partition {}: {} records were removed by retention before they were read", part.p, part.reader.skipped_by_retention),
+                &format!(
+                    "partition {}: {} records were removed by retention before they were read",
+                    part.p, part.reader.skipped_by_retention
+                ),
             );
         }
     }
@@ -318,8 +355,12 @@ impl Consumer {
 
     fn commit(&mut self) -> Result<()> {
         let Some(g) = &self.group else { return Ok(()) };
-        let changed: BTreeMap<u32, u64> =
-            self.flushed.iter().filter(|(p, o)| self.committed.get(p) != Some(o)).map(|(p, o)| (*p, *o)).collect();
+        let changed: BTreeMap<u32, u64> = self
+            .flushed
+            .iter()
+            .filter(|(p, o)| self.committed.get(p) != Some(o))
+            .map(|(p, o)| (*p, *o))
+            .collect();
         self.last_commit = Instant::now();
         if changed.is_empty() {
             return Ok(());
@@ -428,10 +469,16 @@ fn render(kind: &mut Out, out: &mut Output, topic: &str, p: u32, rec: &Record<'_
         }
         Out::Template(t) => t.render(&mut out.buf, topic, p, rec),
         Out::Csv(cols, header_done) => {
-            let value: Option<serde_json::Map<String, serde_json::Value>> =
-                if rec.value_is_json { serde_json::from_slice(rec.value).ok() } else { None };
+            let value: Option<serde_json::Map<String, serde_json::Value>> = if rec.value_is_json {
+                serde_json::from_slice(rec.value).ok()
+            } else {
+                None
+            };
             if cols.is_none() {
-                let c = value.as_ref().map(|m| m.keys().map(|k| Column::Field(k.clone())).collect()).unwrap_or_default();
+                let c = value
+                    .as_ref()
+                    .map(|m| m.keys().map(|k| Column::Field(k.clone())).collect())
+                    .unwrap_or_default();
                 *cols = Some(c);
             }
             let cols = cols.as_ref().expect("set above");
@@ -449,7 +496,8 @@ fn render(kind: &mut Out, out: &mut Output, topic: &str, p: u32, rec: &Record<'_
                         Column::Key => "key".into(),
                     })
                     .collect();
-                w.write_record(&names).map_err(|e| Error::Data(e.to_string()))?;
+                w.write_record(&names)
+                    .map_err(|e| Error::Data(e.to_string()))?;
                 *header_done = true;
             }
             let cells: Vec<String> = cols
@@ -465,10 +513,14 @@ fn render(kind: &mut Out, out: &mut Output, topic: &str, p: u32, rec: &Record<'_
                     Column::Offset => rec.offset.to_string(),
                     Column::Ts => rec.timestamp.to_string(),
                     Column::Time => time::format_rfc3339(rec.timestamp),
-                    Column::Key => rec.key.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+                    Column::Key => rec
+                        .key
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default(),
                 })
                 .collect();
-            w.write_record(&cells).map_err(|e| Error::Data(e.to_string()))?;
+            w.write_record(&cells)
+                .map_err(|e| Error::Data(e.to_string()))?;
             let bytes = w.into_inner().map_err(|e| Error::Data(e.to_string()))?;
             out.buf.extend_from_slice(&bytes);
         }
@@ -479,7 +531,10 @@ fn render(kind: &mut Out, out: &mut Output, topic: &str, p: u32, rec: &Record<'_
 /// Watches the partition directories: any write, new or removed segment wakes the follower.
 fn watch(log: &Log, topic: &str, parts: &[Part]) -> Option<Inotify> {
     let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
-    let flags = AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_DELETE;
+    let flags = AddWatchFlags::IN_MODIFY
+        | AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_DELETE;
     for p in parts {
         let dir = log.partition_dir(topic, p.p).ok()?;
         ino.add_watch(&dir, flags).ok()?;

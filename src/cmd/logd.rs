@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 
-const ABOUT: &str = "Administer the log: topics, consumer groups, verification, recovery, retention";
+const ABOUT: &str =
+    "Administer the log: topics, consumer groups, verification, recovery, retention";
 
 const AFTER: &str = "\
 Exit status: 0 success; 1 damage found (verify), or an I/O error during the work; 2 bad flags,
@@ -46,22 +47,28 @@ pub enum Cmd {
     #[command(subcommand)]
     Groups(GroupsCmd),
     /// Check every frame, index and metadata file; exit 1 on any damage
-    #[command(long_about = "Check every segment header, every frame's length, CRC and offset continuity, every \
+    #[command(
+        long_about = "Check every segment header, every frame's length, CRC and offset continuity, every \
 index and time index entry against the log, and the checksums of topic, group and checkpoint \
 files. Each problem is printed with its file and position; exit 1 on any. A tail that recovery \
-sealed (kept on disk, never served) is a note, not damage. Reads only; safe beside writers.")]
+sealed (kept on disk, never served) is a note, not damage. Reads only; safe beside writers."
+    )]
     Verify(VerifyArgs),
     /// Recover partitions now: cut torn tails, rebuild every index from the log
-    #[command(long_about = "Open each partition as its writer would and recover it, checking every segment \
+    #[command(
+        long_about = "Open each partition as its writer would and recover it, checking every segment \
 (not only those after the recovery checkpoint): a torn or corrupt tail is cut, and every index \
 that is missing, short or wrong is rebuilt from the log. Partitions held by a running writer \
-are skipped (the writer recovered them when it opened).")]
+are skipped (the writer recovered them when it opened)."
+    )]
     Recover(TopicFilter),
     /// Apply retention now: delete whole old segments past the topic's limits
-    #[command(long_about = "Delete whole sealed segments that the topic's retention (bytes, age of the newest \
+    #[command(
+        long_about = "Delete whole sealed segments that the topic's retention (bytes, age of the newest \
 record) no longer keeps. The active segment is never deleted. A reader that already has a \
 segment open keeps reading it. Partitions held by a running writer are skipped: writers apply \
-retention themselves each time they roll a segment.")]
+retention themselves each time they roll a segment."
+    )]
     Retention(TopicFilter),
 }
 
@@ -106,10 +113,18 @@ impl TopicSettings {
             c.segment_ms = time::parse_duration_ms(s).map_err(usage)? as u64;
         }
         if let Some(s) = &self.retention_bytes {
-            c.retention_bytes = if s == "none" { None } else { Some(time::parse_size(s).map_err(usage)?) };
+            c.retention_bytes = if s == "none" {
+                None
+            } else {
+                Some(time::parse_size(s).map_err(usage)?)
+            };
         }
         if let Some(s) = &self.retention_age {
-            c.retention_ms = if s == "none" { None } else { Some(time::parse_duration_ms(s).map_err(usage)? as u64) };
+            c.retention_ms = if s == "none" {
+                None
+            } else {
+                Some(time::parse_duration_ms(s).map_err(usage)? as u64)
+            };
         }
         Ok(())
     }
@@ -183,8 +198,12 @@ pub fn run(a: Args) -> Result<()> {
         Cmd::Topics(t) => topics(&log, t),
         Cmd::Groups(g) => groups(&log, g),
         Cmd::Verify(v) => verify_cmd(&log, v),
-        Cmd::Recover(f) => per_partition(&log, &f, "recover", true, |w| Ok(std::mem::take(&mut w.recovery))),
-        Cmd::Retention(f) => per_partition(&log, &f, "retention", false, |w| w.apply_retention(time::now_ms())),
+        Cmd::Recover(f) => per_partition(&log, &f, "recover", true, |w| {
+            Ok(std::mem::take(&mut w.recovery))
+        }),
+        Cmd::Retention(f) => per_partition(&log, &f, "retention", false, |w| {
+            w.apply_retention(time::now_ms())
+        }),
     }
 }
 
@@ -198,18 +217,26 @@ fn topics(log: &Log, t: TopicsCmd) -> Result<()> {
             for name in log.list_topics()? {
                 let c = log.topic_config(&name)?;
                 if json {
-                    stdout_line(&serde_json::json!({"topic": name, "partitions": c.partitions}).to_string())?;
+                    stdout_line(
+                        &serde_json::json!({"topic": name, "partitions": c.partitions}).to_string(),
+                    )?;
                 } else {
                     stdout_line(&format!("{name}\t{}", c.partitions))?;
                 }
             }
             Ok(())
         }
-        TopicsCmd::Create { name, partitions, settings } => {
+        TopicsCmd::Create {
+            name,
+            partitions,
+            settings,
+        } => {
             let mut c = TopicConfig::new(partitions);
             settings.apply(&mut c)?;
             if !log.create_topic(&name, &c)? {
-                return Err(crate::error::setup(format!("topic {name:?} already exists")));
+                return Err(crate::error::setup(format!(
+                    "topic {name:?} already exists"
+                )));
             }
             Ok(())
         }
@@ -224,7 +251,12 @@ fn topics(log: &Log, t: TopicsCmd) -> Result<()> {
             // Hold every partition's writer lock while the topic goes away.
             let mut held = Vec::new();
             for p in 0..c.partitions {
-                held.push(PartitionWriter::open(&log.partition_dir(&name, p)?, &c, FsyncMode::Never, false)?);
+                held.push(PartitionWriter::open(
+                    &log.partition_dir(&name, p)?,
+                    &c,
+                    FsyncMode::Never,
+                    false,
+                )?);
             }
             log.delete_topic_dir(&name)?;
             drop(held);
@@ -244,7 +276,9 @@ fn describe(log: &Log, name: &str, json: bool) -> Result<()> {
         let bases = r.segment_bases().to_vec();
         let mut bytes = 0u64;
         for b in &bases {
-            bytes += std::fs::metadata(log_path(&dir, *b)).map(|m| m.len()).unwrap_or(0);
+            bytes += std::fs::metadata(log_path(&dir, *b))
+                .map(|m| m.len())
+                .unwrap_or(0);
         }
         let (first_ts, last_ts) = first_last_ts(&dir, &bases);
         rows.push(serde_json::json!({
@@ -265,7 +299,8 @@ fn describe(log: &Log, name: &str, json: bool) -> Result<()> {
         c.partitions,
         cli::human_bytes(c.segment_bytes),
         human_ms(c.segment_ms),
-        c.retention_bytes.map_or("unlimited".into(), cli::human_bytes),
+        c.retention_bytes
+            .map_or("unlimited".into(), cli::human_bytes),
         c.retention_ms.map_or("unlimited".into(), human_ms),
     ))?;
     stdout_line("partition\tearliest\tlatest\trecords\tfirst_ts\tlast_ts\tsegments\tbytes")?;
@@ -273,7 +308,14 @@ fn describe(log: &Log, name: &str, json: bool) -> Result<()> {
         let ts = |k: &str| r[k].as_i64().map_or("-".to_string(), time::format_rfc3339);
         stdout_line(&format!(
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            r["partition"], r["earliest"], r["latest"], r["records"], ts("first_ts"), ts("last_ts"), r["segments"], r["bytes"]
+            r["partition"],
+            r["earliest"],
+            r["latest"],
+            r["records"],
+            ts("first_ts"),
+            ts("last_ts"),
+            r["segments"],
+            r["bytes"]
         ))?;
     }
     Ok(())
@@ -296,20 +338,27 @@ fn first_last_ts(dir: &std::path::Path, bases: &[u64]) -> (Option<i64>, Option<i
     let mut first = None;
     let mut last = None;
     for (i, b) in bases.iter().enumerate() {
-        let Ok(f) = File::open(log_path(dir, *b)) else { continue };
+        let Ok(f) = File::open(log_path(dir, *b)) else {
+            continue;
+        };
         let Ok(m) = Mapped::of(&f) else { continue };
         let bytes = m.bytes();
         let limit = bases.get(i + 1).copied();
         let mut pos = FILE_HEADER_LEN;
         let mut off = *b;
         while pos < bytes.len() && limit != Some(off) {
-            let FrameCheck::Ok(info) = check_frame(&bytes[pos..]) else { break };
+            let FrameCheck::Ok(info) = check_frame(&bytes[pos..]) else {
+                break;
+            };
             let frame = &bytes[pos..pos + info.total_len];
             if first.is_none() {
                 first = RecordIter::new(frame, &info).next().map(|r| r.timestamp);
             }
             if i + 1 == bases.len() || limit == Some(info.next_offset()) {
-                last = RecordIter::new(frame, &info).last().map(|r| r.timestamp).or(last);
+                last = RecordIter::new(frame, &info)
+                    .last()
+                    .map(|r| r.timestamp)
+                    .or(last);
             }
             pos += info.total_len;
             off = info.next_offset();
@@ -346,20 +395,33 @@ fn groups(log: &Log, g: GroupsCmd) -> Result<()> {
                         .partition_dir(&topic, p)
                         .ok()
                         .filter(|d| d.is_dir())
-                        .and_then(|d| PartitionReader::open(&d).and_then(|mut r| r.end_offset()).ok());
+                        .and_then(|d| {
+                            PartitionReader::open(&d)
+                                .and_then(|mut r| r.end_offset())
+                                .ok()
+                        });
                     let lag = latest.map(|l| l.saturating_sub(committed));
                     if json {
                         let v = serde_json::json!({"group": group, "topic": topic, "partition": p, "committed": committed, "latest": latest, "lag": lag});
                         stdout_line(&v.to_string())?;
                     } else {
                         let f = |x: Option<u64>| x.map_or("-".to_string(), |v| v.to_string());
-                        stdout_line(&format!("{topic}\t{p}\t{committed}\t{}\t{}", f(latest), f(lag)))?;
+                        stdout_line(&format!(
+                            "{topic}\t{p}\t{committed}\t{}\t{}",
+                            f(latest),
+                            f(lag)
+                        ))?;
                     }
                 }
             }
             Ok(())
         }
-        GroupsCmd::Reset { group, topic, to, partition } => {
+        GroupsCmd::Reset {
+            group,
+            topic,
+            to,
+            partition,
+        } => {
             names::validate("group", &group)?;
             let c = log.topic_config(&topic)?;
             let mut current = groups.load(&group)?.remove(&topic).unwrap_or_default();
@@ -376,13 +438,20 @@ fn groups(log: &Log, g: GroupsCmd) -> Result<()> {
                         r.seek_time(time::parse_time_arg(&s[1..]).map_err(usage)?)?;
                         r.position()
                     }
-                    s => s.parse().map_err(|_| usage(format!("bad --to {s:?}: use earliest, latest, OFFSET or @TIME")))?,
+                    s => s.parse().map_err(|_| {
+                        usage(format!(
+                            "bad --to {s:?}: use earliest, latest, OFFSET or @TIME"
+                        ))
+                    })?,
                 };
                 set.insert(p, o);
             }
             if let Some(p) = partition {
                 if p >= c.partitions {
-                    return Err(usage(format!("--partition {p}: topic {topic:?} has partitions 0 to {}", c.partitions - 1)));
+                    return Err(usage(format!(
+                        "--partition {p}: topic {topic:?} has partitions 0 to {}",
+                        c.partitions - 1
+                    )));
                 }
             }
             current.extend(set);
@@ -428,7 +497,11 @@ fn verify_cmd(log: &Log, v: VerifyArgs) -> Result<()> {
             r.frames,
             r.records,
             cli::human_bytes(r.bytes),
-            if r.problems.is_empty() { "no damage".to_string() } else { format!("{} problems", r.problems.len()) }
+            if r.problems.is_empty() {
+                "no damage".to_string()
+            } else {
+                format!("{} problems", r.problems.len())
+            }
         ))?;
     }
     if r.problems.is_empty() {
@@ -450,7 +523,11 @@ fn per_partition(
         let c = log.topic_config(&t)?;
         for p in 0..c.partitions {
             let dir = log.partition_dir(&t, p)?;
-            if segment::list_segments(&dir).map(|s| s.is_empty()).unwrap_or(true) && !dir.is_dir() {
+            if segment::list_segments(&dir)
+                .map(|s| s.is_empty())
+                .unwrap_or(true)
+                && !dir.is_dir()
+            {
                 continue;
             }
             match PartitionWriter::open_with(&dir, &c, FsyncMode::Batch, false, full) {

@@ -194,11 +194,15 @@ pub fn run(a: Args) -> Result<()> {
         Format::Ndjson
     };
     if matches!(format, Format::Lines | Format::Envelope) && (a.key.is_some() || a.ts.is_some()) {
-        return Err(usage("--key and --ts need NDJSON or CSV input (envelopes carry their own)"));
+        return Err(usage(
+            "--key and --ts need NDJSON or CSV input (envelopes carry their own)",
+        ));
     }
     let max_record = time::parse_size(&a.max_record_bytes).map_err(usage)?;
     if max_record == 0 || max_record as usize > MAX_RECORD_BYTES {
-        return Err(usage(format!("--max-record-bytes must be 1 to {MAX_RECORD_BYTES}")));
+        return Err(usage(format!(
+            "--max-record-bytes must be 1 to {MAX_RECORD_BYTES}"
+        )));
     }
     let on_error = OnError::parse(&a.on_error)?;
     let log = Log::new(a.log.dir());
@@ -217,7 +221,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(p) = a.partition {
         if p >= cfg.partitions {
-            return Err(usage(format!("--partition {p}: topic {topic:?} has partitions 0 to {}", cfg.partitions - 1)));
+            return Err(usage(format!(
+                "--partition {p}: topic {topic:?} has partitions 0 to {}",
+                cfg.partitions - 1
+            )));
         }
     }
     let bad = BadRecords::new("produce", on_error)?;
@@ -261,7 +268,11 @@ pub fn run(a: Args) -> Result<()> {
         quiet: a.quiet,
     };
     let started = Instant::now();
-    let files = if a.files.is_empty() { vec![PathBuf::from("-")] } else { a.files.clone() };
+    let files = if a.files.is_empty() {
+        vec![PathBuf::from("-")]
+    } else {
+        a.files.clone()
+    };
     let mut result = Ok(());
     for f in &files {
         pr.csv_headers = None;
@@ -291,13 +302,20 @@ impl Producer {
             let f = File::open(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
             let fd = f.as_raw_fd();
             let is_file = f.metadata().map(|m| m.is_file()).unwrap_or(true);
-            (Box::new(f), if is_file { None } else { Some(fd) }, format!("{}: ", path.display()))
+            (
+                Box::new(f),
+                if is_file { None } else { Some(fd) },
+                format!("{}: ", path.display()),
+            )
         };
         let mut lr = LineReader::new(reader, max, fd);
         let mut csv_buf: Vec<u8> = Vec::new();
         let mut csv_first_line = 0u64;
         loop {
-            match lr.next_line().map_err(|e| Error::io(format!("{label}reading input"), e))? {
+            match lr
+                .next_line()
+                .map_err(|e| Error::io(format!("{label}reading input"), e))?
+            {
                 Next::Eof => break,
                 Next::Idle => {
                     self.on_idle(&lr)?;
@@ -321,7 +339,8 @@ impl Producer {
                                 let msg = "unterminated quoted CSV field".to_string();
                                 let prefix = csv_buf[..csv_buf.len().min(1024)].to_vec();
                                 csv_buf.clear();
-                                self.bad.handle(&label, csv_first_line, &msg, &prefix, None)?;
+                                self.bad
+                                    .handle(&label, csv_first_line, &msg, &prefix, None)?;
                             }
                             continue;
                         }
@@ -331,7 +350,8 @@ impl Producer {
                     }
                     let no = line.no;
                     let bytes = line.bytes;
-                    if self.format != Format::Lines && bytes.iter().all(|b| b.is_ascii_whitespace()) {
+                    if self.format != Format::Lines && bytes.iter().all(|b| b.is_ascii_whitespace())
+                    {
                         continue;
                     }
                     match self.prepare(bytes) {
@@ -343,7 +363,13 @@ impl Producer {
         }
         if !csv_buf.is_empty() {
             let prefix = csv_buf[..csv_buf.len().min(1024)].to_vec();
-            self.bad.handle(&label, csv_first_line, "unterminated quoted CSV field at end of input", &prefix, None)?;
+            self.bad.handle(
+                &label,
+                csv_first_line,
+                "unterminated quoted CSV field at end of input",
+                &prefix,
+                None,
+            )?;
         }
         Ok(())
     }
@@ -407,17 +433,28 @@ impl Producer {
                 let ts = match (&self.ts, &f.ts) {
                     (None, _) => None,
                     (Some(t), None) => return Err(format!("missing timestamp field {t}")),
-                    (Some(t), Some(raw)) => {
-                        Some(fields::ts_ms(raw, self.ts_format.as_deref()).map_err(|e| format!("field {t}: {e}"))?)
-                    }
+                    (Some(t), Some(raw)) => Some(
+                        fields::ts_ms(raw, self.ts_format.as_deref())
+                            .map_err(|e| format!("field {t}: {e}"))?,
+                    ),
                 };
-                Ok(Prepared { key, ts, value: Cow::Borrowed(line), json: true, headers: Cow::Borrowed(&[]), header_count: 0 })
+                Ok(Prepared {
+                    key,
+                    ts,
+                    value: Cow::Borrowed(line),
+                    json: true,
+                    headers: Cow::Borrowed(&[]),
+                    header_count: 0,
+                })
             }
         }
     }
 
     fn csv_record(&mut self, label: &str, line_no: u64, rec: &[u8]) -> Result<()> {
-        let mut rdr = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(rec);
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(rec);
         let mut row = csv::StringRecord::new();
         let parsed = match rdr.read_record(&mut row) {
             Ok(true) => Ok(()),
@@ -431,7 +468,10 @@ impl Producer {
             return self.bad.handle(label, line_no, &m, rec, None);
         }
         let Some(headers) = &self.csv_headers else {
-            let h: Vec<String> = row.iter().map(|s| s.trim_start_matches('\u{feff}').to_string()).collect();
+            let h: Vec<String> = row
+                .iter()
+                .map(|s| s.trim_start_matches('\u{feff}').to_string())
+                .collect();
             self.csv_headers = Some(h);
             return Ok(());
         };
@@ -439,7 +479,11 @@ impl Producer {
             return Ok(()); // blank line
         }
         if row.len() != headers.len() {
-            let m = format!("CSV row has {} fields, the header has {}", row.len(), headers.len());
+            let m = format!(
+                "CSV row has {} fields, the header has {}",
+                row.len(),
+                headers.len()
+            );
             return self.bad.handle(label, line_no, &m, rec, None);
         }
         let mut obj = Vec::with_capacity(rec.len() + 16 * headers.len());
@@ -476,13 +520,18 @@ impl Producer {
             (None, Some(k)) => partition_for_key(k, self.partitions),
             (None, None) => {
                 // Every partition has a writer when no --partition is forced.
-                if self.writers[self.sticky as usize].as_ref().is_some_and(|w| w.would_seal(&rec)) {
+                if self.writers[self.sticky as usize]
+                    .as_ref()
+                    .is_some_and(|w| w.would_seal(&rec))
+                {
                     self.sticky = (self.sticky + 1) % self.partitions;
                 }
                 self.sticky
             }
         };
-        let w = self.writers[part as usize].as_mut().expect("a writer is open for every partition records can go to");
+        let w = self.writers[part as usize]
+            .as_mut()
+            .expect("a writer is open for every partition records can go to");
         w.append(&rec)?;
         self.counts[part as usize] += 1;
         self.records += 1;
@@ -491,15 +540,24 @@ impl Producer {
             self.pb.set_position(self.records);
         }
         match self.fsync {
-            FsyncMode::Always => self.writers[part as usize].as_mut().expect("opened above").sync()?,
-            FsyncMode::Batch if self.records % 1024 == 0 && self.unsynced() >= SYNC_BYTES => self.sync_all()?,
+            FsyncMode::Always => self.writers[part as usize]
+                .as_mut()
+                .expect("opened above")
+                .sync()?,
+            FsyncMode::Batch if self.records % 1024 == 0 && self.unsynced() >= SYNC_BYTES => {
+                self.sync_all()?
+            }
             _ => {}
         }
         Ok(())
     }
 
     fn unsynced(&self) -> u64 {
-        self.writers.iter().flatten().map(|w| w.unsynced_bytes()).sum()
+        self.writers
+            .iter()
+            .flatten()
+            .map(|w| w.unsynced_bytes())
+            .sum()
     }
 
     fn flush_all(&mut self) -> Result<()> {
@@ -554,7 +612,11 @@ impl Producer {
             self.topic,
             secs,
             cli::human_count(self.records as f64 / secs),
-            if parts.is_empty() { "-".into() } else { parts.join(" ") }
+            if parts.is_empty() {
+                "-".into()
+            } else {
+                parts.join(" ")
+            }
         );
         if self.bad.count > 0 {
             let what = match self.bad.mode() {

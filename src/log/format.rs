@@ -157,7 +157,10 @@ impl FileHeader {
     /// Decodes and checks a header; the error says what is wrong with it.
     pub fn decode(b: &[u8], magic: &[u8; 8]) -> Result<FileHeader, String> {
         if b.len() < FILE_HEADER_LEN {
-            return Err(format!("file header is short ({} of {FILE_HEADER_LEN} bytes)", b.len()));
+            return Err(format!(
+                "file header is short ({} of {FILE_HEADER_LEN} bytes)",
+                b.len()
+            ));
         }
         if &b[FH_MAGIC..FH_MAGIC + 8] != magic {
             return Err("bad magic number in file header".into());
@@ -168,7 +171,9 @@ impl FileHeader {
         }
         let version = u16_at(b, FH_VERSION);
         if version != VERSION {
-            return Err(format!("unsupported format version {version} (this build reads {VERSION})"));
+            return Err(format!(
+                "unsupported format version {version} (this build reads {VERSION})"
+            ));
         }
         let mut m = [0u8; 8];
         m.copy_from_slice(&b[..8]);
@@ -241,7 +246,10 @@ pub struct Record<'a> {
 
 impl<'a> Record<'a> {
     pub fn headers(&self) -> HeaderIter<'a> {
-        HeaderIter { rest: self.headers, left: self.header_count }
+        HeaderIter {
+            rest: self.headers,
+            left: self.header_count,
+        }
     }
 }
 
@@ -311,7 +319,7 @@ pub fn check_frame(b: &[u8]) -> FrameCheck {
         return FrameCheck::Incomplete;
     }
     let len = u32_at(b, FRAME_LENGTH) as usize;
-    if len < FRAME_HEADER_LEN - FRAME_PREFIX_LEN || len > MAX_FRAME_LEN {
+    if !(FRAME_HEADER_LEN - FRAME_PREFIX_LEN..=MAX_FRAME_LEN).contains(&len) {
         return FrameCheck::Corrupt(format!("frame length {len} out of bounds"));
     }
     let total = FRAME_PREFIX_LEN + len;
@@ -351,7 +359,8 @@ pub fn check_frame(b: &[u8]) -> FrameCheck {
 fn walk_records(body: &[u8], count: u32) -> Result<(), String> {
     let mut at = 0usize;
     for i in 0..count {
-        let r = parse_record(&body[at..], 0).ok_or_else(|| format!("record {i} of frame is malformed"))?;
+        let r = parse_record(&body[at..], 0)
+            .ok_or_else(|| format!("record {i} of frame is malformed"))?;
         at += r.1;
     }
     if at != body.len() {
@@ -457,7 +466,13 @@ impl FrameBuilder {
     pub fn new() -> Self {
         let mut buf = Vec::with_capacity(64 << 10);
         buf.resize(FRAME_HEADER_LEN, 0);
-        FrameBuilder { buf, base_offset: 0, count: 0, min_ts: i64::MAX, max_ts: i64::MIN }
+        FrameBuilder {
+            buf,
+            base_offset: 0,
+            count: 0,
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -501,7 +516,8 @@ impl FrameBuilder {
         b[FRAME_ATTRIBUTES] = 0;
         b[10] = 0;
         b[11] = 0;
-        b[FRAME_BASE_OFFSET..FRAME_BASE_OFFSET + 8].copy_from_slice(&self.base_offset.to_le_bytes());
+        b[FRAME_BASE_OFFSET..FRAME_BASE_OFFSET + 8]
+            .copy_from_slice(&self.base_offset.to_le_bytes());
         b[FRAME_RECORD_COUNT..FRAME_RECORD_COUNT + 4].copy_from_slice(&self.count.to_le_bytes());
         b[FRAME_MIN_TS..FRAME_MIN_TS + 8].copy_from_slice(&self.min_ts.to_le_bytes());
         b[FRAME_MAX_TS..FRAME_MAX_TS + 8].copy_from_slice(&self.max_ts.to_le_bytes());
@@ -525,7 +541,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn build(recs: &[(i64, Option<Vec<u8>>, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)], base: u64) -> Vec<u8> {
+    type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+    type TestRecord = (i64, Option<Vec<u8>>, Vec<u8>, Headers);
+
+    fn build(recs: &[TestRecord], base: u64) -> Vec<u8> {
         let mut fb = FrameBuilder::new();
         fb.reset(base);
         for (ts, k, v, hs) in recs {
@@ -554,7 +573,11 @@ mod tests {
 
     #[test]
     fn header_round_trip_and_damage() {
-        let h = FileHeader { magic: *LOG_MAGIC, base_offset: 42, created_ms: 7 };
+        let h = FileHeader {
+            magic: *LOG_MAGIC,
+            base_offset: 42,
+            created_ms: 7,
+        };
         let mut b = h.encode();
         assert_eq!(FileHeader::decode(&b, LOG_MAGIC), Ok(h));
         assert!(FileHeader::decode(&b, INDEX_MAGIC).is_err());
@@ -564,9 +587,18 @@ mod tests {
 
     #[test]
     fn file_names() {
-        assert_eq!(segment_file_name(1042, LOG_SUFFIX), "00000000000000001042.log");
-        assert_eq!(parse_segment_file_name("00000000000000001042.log", LOG_SUFFIX), Some(1042));
-        assert_eq!(parse_segment_file_name("00000000000000001042.index", LOG_SUFFIX), None);
+        assert_eq!(
+            segment_file_name(1042, LOG_SUFFIX),
+            "00000000000000001042.log"
+        );
+        assert_eq!(
+            parse_segment_file_name("00000000000000001042.log", LOG_SUFFIX),
+            Some(1042)
+        );
+        assert_eq!(
+            parse_segment_file_name("00000000000000001042.index", LOG_SUFFIX),
+            None
+        );
         assert_eq!(parse_segment_file_name("1042.log", LOG_SUFFIX), None);
     }
 

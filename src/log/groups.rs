@@ -23,7 +23,9 @@ pub struct Groups {
 
 impl Groups {
     pub fn new(log: &Log) -> Groups {
-        Groups { dir: log.groups_dir() }
+        Groups {
+            dir: log.groups_dir(),
+        }
     }
 
     fn path(&self, group: &str) -> Result<PathBuf> {
@@ -90,18 +92,23 @@ impl Groups {
 
     fn modify(&self, group: &str, f: impl FnOnce(&mut Offsets)) -> Result<()> {
         let path = self.path(group)?;
-        fs::create_dir_all(&self.dir).map_err(Error::io_with(|| format!("creating {}", self.dir.display())))?;
+        fs::create_dir_all(&self.dir).map_err(Error::io_with(|| {
+            format!("creating {}", self.dir.display())
+        }))?;
         let lock_path = self.dir.join(format!("{group}.lock"));
         let lock_file: File = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(Error::io_with(|| format!("opening {}", lock_path.display())))?;
+            .map_err(Error::io_with(|| {
+                format!("opening {}", lock_path.display())
+            }))?;
         let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
             .map_err(|(_, e)| Error::io(format!("locking {}", lock_path.display()), e.into()))?;
         let mut offsets = self.load(group)?;
         f(&mut offsets);
-        meta::write_checked(&path, GROUP_KIND, &offsets).map_err(Error::io_with(|| format!("writing {}", path.display())))
+        meta::write_checked(&path, GROUP_KIND, &offsets)
+            .map_err(Error::io_with(|| format!("writing {}", path.display())))
     }
 }

@@ -55,7 +55,9 @@ pub struct IndexPolicy {
 
 impl IndexPolicy {
     pub fn new() -> IndexPolicy {
-        IndexPolicy { last_position: None }
+        IndexPolicy {
+            last_position: None,
+        }
     }
 
     pub fn resume(last_position: Option<u64>) -> IndexPolicy {
@@ -85,14 +87,21 @@ impl Default for IndexPolicy {
 pub fn read_offsets(path: &Path, base_offset: u64) -> Result<Vec<IndexEntry>, String> {
     let b = read_with_header(path, INDEX_MAGIC, base_offset)?;
     Ok(b.chunks_exact(INDEX_ENTRY_LEN)
-        .map(|c| IndexEntry { offset: u64_at(c, 0), position: u64_at(c, 8) })
+        .map(|c| IndexEntry {
+            offset: u64_at(c, 0),
+            position: u64_at(c, 8),
+        })
         .collect())
 }
 
 pub fn read_times(path: &Path, base_offset: u64) -> Result<Vec<TimeEntry>, String> {
     let b = read_with_header(path, TIMEINDEX_MAGIC, base_offset)?;
     Ok(b.chunks_exact(TIMEINDEX_ENTRY_LEN)
-        .map(|c| TimeEntry { max_ts_before: i64_at(c, 0), offset: u64_at(c, 8), position: u64_at(c, 16) })
+        .map(|c| TimeEntry {
+            max_ts_before: i64_at(c, 0),
+            offset: u64_at(c, 8),
+            position: u64_at(c, 16),
+        })
         .collect())
 }
 
@@ -100,7 +109,10 @@ fn read_with_header(path: &Path, magic: &[u8; 8], base_offset: u64) -> Result<Ve
     let mut b = fs::read(path).map_err(|e| e.to_string())?;
     let h = FileHeader::decode(&b, magic)?;
     if h.base_offset != base_offset {
-        return Err(format!("header names base offset {} instead of {base_offset}", h.base_offset));
+        return Err(format!(
+            "header names base offset {} instead of {base_offset}",
+            h.base_offset
+        ));
     }
     b.drain(..FILE_HEADER_LEN);
     Ok(b)
@@ -111,7 +123,8 @@ fn read_with_header(path: &Path, magic: &[u8; 8], base_offset: u64) -> Result<Ve
 pub fn offsets_plausible(e: &[IndexEntry], base_offset: u64, valid_len: u64) -> bool {
     let mut prev: Option<&IndexEntry> = None;
     for x in e {
-        if x.offset < base_offset || x.position < FILE_HEADER_LEN as u64 || x.position >= valid_len {
+        if x.offset < base_offset || x.position < FILE_HEADER_LEN as u64 || x.position >= valid_len
+        {
             return false;
         }
         if let Some(p) = prev {
@@ -126,13 +139,31 @@ pub fn offsets_plausible(e: &[IndexEntry], base_offset: u64, valid_len: u64) -> 
 
 /// Writes both index files of a segment from scratch, atomically (temp and rename), so a
 /// reader holding the old file keeps a consistent view.
-pub fn write_files(log_path: &Path, base_offset: u64, idx: &SegmentIndex, created_ms: i64, sync: bool) -> io::Result<()> {
-    let mut b = FileHeader { magic: *INDEX_MAGIC, base_offset, created_ms }.encode().to_vec();
+pub fn write_files(
+    log_path: &Path,
+    base_offset: u64,
+    idx: &SegmentIndex,
+    created_ms: i64,
+    sync: bool,
+) -> io::Result<()> {
+    let mut b = FileHeader {
+        magic: *INDEX_MAGIC,
+        base_offset,
+        created_ms,
+    }
+    .encode()
+    .to_vec();
     for e in &idx.offsets {
         e.encode_into(&mut b);
     }
     replace(&log_path.with_extension(INDEX_SUFFIX), &b, sync)?;
-    let mut t = FileHeader { magic: *TIMEINDEX_MAGIC, base_offset, created_ms }.encode().to_vec();
+    let mut t = FileHeader {
+        magic: *TIMEINDEX_MAGIC,
+        base_offset,
+        created_ms,
+    }
+    .encode()
+    .to_vec();
     for e in &idx.times {
         e.encode_into(&mut t);
     }
@@ -143,7 +174,10 @@ fn replace(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     if sync {
         return crate::log::meta::write_atomic(path, bytes);
     }
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
     fs::write(&tmp, bytes)?;
     fs::rename(&tmp, path)
 }

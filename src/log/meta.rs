@@ -65,14 +65,21 @@ pub fn encode_checked<T: Serialize>(kind: &str, body: &T) -> io::Result<Vec<u8>>
     let body = serde_json::to_string(body).map_err(io::Error::other)?;
     let raw = RawValue::from_string(body).map_err(io::Error::other)?;
     let crc32 = crc32fast::hash(raw.get().as_bytes());
-    let mut out = serde_json::to_vec(&Out { kind, version: META_VERSION, crc32, body: &raw }).map_err(io::Error::other)?;
+    let mut out = serde_json::to_vec(&Out {
+        kind,
+        version: META_VERSION,
+        crc32,
+        body: &raw,
+    })
+    .map_err(io::Error::other)?;
     out.push(b'\n');
     Ok(out)
 }
 
 /// Decodes a checked file; the error says what is wrong (for `logd verify`).
 pub fn decode_checked<T: DeserializeOwned>(bytes: &[u8], kind: &str) -> Result<T, String> {
-    let w: In<'_> = serde_json::from_slice(bytes).map_err(|e| format!("not a valid metadata file: {e}"))?;
+    let w: In<'_> =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a valid metadata file: {e}"))?;
     if w.kind != kind {
         return Err(format!("expected a {kind} file, found {}", w.kind));
     }
@@ -88,7 +95,9 @@ pub fn decode_checked<T: DeserializeOwned>(bytes: &[u8], kind: &str) -> Result<T
 /// Reads a checked file: Ok(None) when it does not exist.
 pub fn read_checked<T: DeserializeOwned>(path: &Path, kind: &str) -> Result<Option<T>, String> {
     match fs::read(path) {
-        Ok(b) => decode_checked(&b, kind).map(Some).map_err(|e| format!("{}: {e}", path.display())),
+        Ok(b) => decode_checked(&b, kind)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }

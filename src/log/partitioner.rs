@@ -50,7 +50,10 @@ mod tests {
         assert_eq!(murmur2(b"foobar"), -790_332_482);
         assert_eq!(murmur2(b"a-little-bit-long-string"), -985_981_536);
         assert_eq!(murmur2(b"a-little-bit-longer-string"), -1_486_304_829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58_897_971);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58_897_971
+        );
         assert_eq!(murmur2(b"abc"), 479_470_107);
         assert_eq!(murmur2(&[12, 42, 56, 24, 109, 111]), 274_204_207);
     }
@@ -58,7 +61,10 @@ mod tests {
     #[test]
     fn positive_modulo() {
         // toPositive(-973932308) = 1173551340
-        assert_eq!(partition_for_key(b"21", 1_000_000_007), 1_173_551_340 % 1_000_000_007);
+        assert_eq!(
+            partition_for_key(b"21", 1_000_000_007),
+            1_173_551_340 % 1_000_000_007
+        );
         assert_eq!(partition_for_key(b"21", 4), 1_173_551_340 % 4);
     }
 }

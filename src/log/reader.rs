@@ -51,7 +51,8 @@ pub struct PartitionReader {
 
 impl PartitionReader {
     pub fn open(dir: &Path) -> Result<PartitionReader> {
-        let segments = segment::list_segments(dir).map_err(Error::io_with(|| format!("listing {}", dir.display())))?;
+        let segments = segment::list_segments(dir)
+            .map_err(Error::io_with(|| format!("listing {}", dir.display())))?;
         let mut r = PartitionReader {
             dir: dir.to_path_buf(),
             segments,
@@ -89,7 +90,8 @@ impl PartitionReader {
     }
 
     fn refresh_segments(&mut self) -> Result<bool> {
-        let s = segment::list_segments(&self.dir).map_err(Error::io_with(|| format!("listing {}", self.dir.display())))?;
+        let s = segment::list_segments(&self.dir)
+            .map_err(Error::io_with(|| format!("listing {}", self.dir.display())))?;
         let changed = s != self.segments;
         self.segments = s;
         Ok(changed)
@@ -107,8 +109,15 @@ impl PartitionReader {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
         };
-        let map = Mapped::of(&file).map_err(Error::io_with(|| format!("mapping {}", path.display())))?;
-        Ok(Some(OpenSegment { base, path, file, map, pos: FILE_HEADER_LEN }))
+        let map =
+            Mapped::of(&file).map_err(Error::io_with(|| format!("mapping {}", path.display())))?;
+        Ok(Some(OpenSegment {
+            base,
+            path,
+            file,
+            map,
+            pos: FILE_HEADER_LEN,
+        }))
     }
 
     /// Positions at `offset` (clamped to the earliest record still kept). Offsets past the
@@ -117,12 +126,17 @@ impl PartitionReader {
         self.refresh_segments()?;
         let target = offset.max(self.earliest());
         let i = self.segments.partition_point(|b| *b <= target);
-        let base = if i == 0 { self.earliest() } else { self.segments[i - 1] };
+        let base = if i == 0 {
+            self.earliest()
+        } else {
+            self.segments[i - 1]
+        };
         self.cur = None;
         self.next_offset = base;
         self.from = target;
         if let Some(mut seg) = self.open_segment(base)? {
-            let entries = index::read_offsets(&seg.path.with_extension(INDEX_SUFFIX), base).unwrap_or_default();
+            let entries = index::read_offsets(&seg.path.with_extension(INDEX_SUFFIX), base)
+                .unwrap_or_default();
             if let Some(e) = index::floor_offset(&entries, target) {
                 if hint_ok(seg.map.bytes(), e.position as usize, e.offset) {
                     seg.pos = e.position as usize;
@@ -141,9 +155,12 @@ impl PartitionReader {
         let segs = self.segments.clone();
         for (i, &base) in segs.iter().enumerate() {
             let limit = segs.get(i + 1).copied();
-            let Some(seg) = self.open_segment(base)? else { continue };
+            let Some(seg) = self.open_segment(base)? else {
+                continue;
+            };
             let bytes = seg.map.bytes();
-            let times = index::read_times(&seg.path.with_extension(TIMEINDEX_SUFFIX), base).unwrap_or_default();
+            let times = index::read_times(&seg.path.with_extension(TIMEINDEX_SUFFIX), base)
+                .unwrap_or_default();
             let (mut pos, mut off) = (FILE_HEADER_LEN, base);
             if let Some(e) = index::floor_time(&times, ts) {
                 if hint_ok(bytes, e.position as usize, e.offset) {
@@ -154,10 +171,14 @@ impl PartitionReader {
                 if limit == Some(off) || pos >= bytes.len() {
                     break;
                 }
-                let FrameCheck::Ok(info) = check_frame(&bytes[pos..]) else { break };
+                let FrameCheck::Ok(info) = check_frame(&bytes[pos..]) else {
+                    break;
+                };
                 if info.max_ts >= ts {
                     let frame = &bytes[pos..pos + info.total_len];
-                    let hit = RecordIter::new(frame, &info).find(|r| r.timestamp >= ts).map(|r| r.offset);
+                    let hit = RecordIter::new(frame, &info)
+                        .find(|r| r.timestamp >= ts)
+                        .map(|r| r.offset);
                     if let Some(o) = hit {
                         drop(seg);
                         return self.seek(o);
@@ -174,17 +195,29 @@ impl PartitionReader {
     /// The offset the next appended record will get (the log end offset).
     pub fn end_offset(&mut self) -> Result<u64> {
         self.refresh_segments()?;
-        let Some(&base) = self.segments.last() else { return Ok(0) };
-        let Some(seg) = self.open_segment(base)? else { return Ok(base) };
+        let Some(&base) = self.segments.last() else {
+            return Ok(0);
+        };
+        let Some(seg) = self.open_segment(base)? else {
+            return Ok(base);
+        };
         let bytes = seg.map.bytes();
-        let entries = index::read_offsets(&seg.path.with_extension(INDEX_SUFFIX), base).unwrap_or_default();
+        let entries =
+            index::read_offsets(&seg.path.with_extension(INDEX_SUFFIX), base).unwrap_or_default();
         let (mut pos, mut off) = (FILE_HEADER_LEN, base);
         if let Some(e) = entries.last() {
             if hint_ok(bytes, e.position as usize, e.offset) {
                 (pos, off) = (e.position as usize, e.offset);
             }
         }
-        let s = segment::scan(bytes, pos.min(bytes.len()), off, None, index::IndexPolicy::new(), i64::MIN);
+        let s = segment::scan(
+            bytes,
+            pos.min(bytes.len()),
+            off,
+            None,
+            index::IndexPolicy::new(),
+            i64::MIN,
+        );
         Ok(s.next_offset)
     }
 
@@ -211,15 +244,31 @@ impl PartitionReader {
                 let seg = self.cur.as_ref().expect("checked above");
                 let b = seg.map.bytes();
                 let pos = seg.pos;
-                (pos, if pos >= b.len() { FrameCheck::Incomplete } else { check_frame(&b[pos..]) }, b.len())
+                (
+                    pos,
+                    if pos >= b.len() {
+                        FrameCheck::Incomplete
+                    } else {
+                        check_frame(&b[pos..])
+                    },
+                    b.len(),
+                )
             };
             match check {
                 FrameCheck::Ok(info) => {
                     if info.base_offset != self.next_offset {
-                        return Err(self.damage(pos, &format!("frame has offset {} where {} was expected", info.base_offset, self.next_offset)));
+                        return Err(self.damage(
+                            pos,
+                            &format!(
+                                "frame has offset {} where {} was expected",
+                                info.base_offset, self.next_offset
+                            ),
+                        ));
                     }
                     if next_base.is_some_and(|nb| info.next_offset() > nb) {
-                        return Err(self.damage(pos, "frame runs past the next segment's base offset"));
+                        return Err(
+                            self.damage(pos, "frame runs past the next segment's base offset")
+                        );
                     }
                     let seg = self.cur.as_mut().expect("checked above");
                     seg.pos = pos + info.total_len;
@@ -249,7 +298,11 @@ impl PartitionReader {
                     if self.remap_if_grown(len)? {
                         continue;
                     }
-                    if self.refresh_segments()? && self.next_base_after(self.cur.as_ref().map_or(0, |s| s.base)).is_some() {
+                    if self.refresh_segments()?
+                        && self
+                            .next_base_after(self.cur.as_ref().map_or(0, |s| s.base))
+                            .is_some()
+                    {
                         continue;
                     }
                     if torn {
@@ -267,9 +320,14 @@ impl PartitionReader {
 
     fn remap_if_grown(&mut self, seen: usize) -> Result<bool> {
         let seg = self.cur.as_mut().expect("caller has a segment");
-        let now = seg.file.metadata().map_err(Error::io_with(|| format!("reading {}", seg.path.display())))?.len() as usize;
+        let now = seg
+            .file
+            .metadata()
+            .map_err(Error::io_with(|| format!("reading {}", seg.path.display())))?
+            .len() as usize;
         if now > seen {
-            seg.map = Mapped::of(&seg.file).map_err(Error::io_with(|| format!("mapping {}", seg.path.display())))?;
+            seg.map = Mapped::of(&seg.file)
+                .map_err(Error::io_with(|| format!("mapping {}", seg.path.display())))?;
             return Ok(true);
         }
         Ok(false)
@@ -298,7 +356,9 @@ impl PartitionReader {
                     let hdr = FileHeader::decode(seg.map.bytes(), LOG_MAGIC);
                     match hdr {
                         Ok(h) if h.base_offset == base => {}
-                        Ok(_) | Err(_) if seg.map.len() < FILE_HEADER_LEN && i == self.segments.len() => {
+                        Ok(_) | Err(_)
+                            if seg.map.len() < FILE_HEADER_LEN && i == self.segments.len() =>
+                        {
                             // Being created right now.
                             return Ok(false);
                         }
@@ -309,11 +369,15 @@ impl PartitionReader {
                                 h.base_offset
                             )))
                         }
-                        Err(why) => return Err(Error::Data(format!("{}: {why}", seg.path.display()))),
+                        Err(why) => {
+                            return Err(Error::Data(format!("{}: {why}", seg.path.display())))
+                        }
                     }
                     if base < self.next_offset {
                         // Entering mid-segment (after a seek): use the index hint.
-                        let entries = index::read_offsets(&seg.path.with_extension(INDEX_SUFFIX), base).unwrap_or_default();
+                        let entries =
+                            index::read_offsets(&seg.path.with_extension(INDEX_SUFFIX), base)
+                                .unwrap_or_default();
                         let mut off = base;
                         if let Some(e) = index::floor_offset(&entries, self.next_offset) {
                             if hint_ok(seg.map.bytes(), e.position as usize, e.offset) {
@@ -337,8 +401,15 @@ impl PartitionReader {
     }
 
     fn damage(&self, pos: usize, why: &str) -> Error {
-        let path = self.cur.as_ref().map(|s| s.path.display().to_string()).unwrap_or_default();
-        Error::Data(format!("{path}: position {pos} (offset {}): {why}", self.next_offset))
+        let path = self
+            .cur
+            .as_ref()
+            .map(|s| s.path.display().to_string())
+            .unwrap_or_default();
+        Error::Data(format!(
+            "{path}: position {pos} (offset {}): {why}",
+            self.next_offset
+        ))
     }
 }
 

@@ -21,7 +21,11 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     let mut v = Vec::new();
     for ent in fs::read_dir(dir)? {
         let ent = ent?;
-        if let Some(b) = ent.file_name().to_str().and_then(|n| parse_segment_file_name(n, LOG_SUFFIX)) {
+        if let Some(b) = ent
+            .file_name()
+            .to_str()
+            .and_then(|n| parse_segment_file_name(n, LOG_SUFFIX))
+        {
             v.push(b);
         }
     }
@@ -93,7 +97,14 @@ pub struct Scan {
 
 /// Walks frames from `start`, checking each frame's CRC and that offsets continue from
 /// `offset` without a gap; stops at `limit` (the next segment's base) when given.
-pub fn scan(bytes: &[u8], start: usize, offset: u64, limit: Option<u64>, mut policy: IndexPolicy, max_ts: i64) -> Scan {
+pub fn scan(
+    bytes: &[u8],
+    start: usize,
+    offset: u64,
+    limit: Option<u64>,
+    mut policy: IndexPolicy,
+    max_ts: i64,
+) -> Scan {
     let mut s = Scan {
         end: start,
         next_offset: offset,
@@ -122,13 +133,21 @@ pub fn scan(bytes: &[u8], start: usize, offset: u64, limit: Option<u64>, mut pol
                     return s;
                 }
                 if limit.is_some_and(|l| info.next_offset() > l) {
-                    s.stop = ScanStop::Corrupt("frame runs past the next segment's base offset".into());
+                    s.stop =
+                        ScanStop::Corrupt("frame runs past the next segment's base offset".into());
                     return s;
                 }
                 let pos = s.end as u64;
                 if policy.wants(pos) {
-                    s.index.offsets.push(IndexEntry { offset: info.base_offset, position: pos });
-                    s.index.times.push(TimeEntry { max_ts_before: s.max_ts, offset: info.base_offset, position: pos });
+                    s.index.offsets.push(IndexEntry {
+                        offset: info.base_offset,
+                        position: pos,
+                    });
+                    s.index.times.push(TimeEntry {
+                        max_ts_before: s.max_ts,
+                        offset: info.base_offset,
+                        position: pos,
+                    });
                 }
                 if s.first_ts.is_none() {
                     let frame = &bytes[s.end..s.end + info.total_len];

@@ -47,13 +47,19 @@ impl TopicConfig {
 
     pub fn check(&self) -> Result<()> {
         if self.partitions == 0 || self.partitions > 10_000 {
-            return Err(setup(format!("partitions must be 1 to 10000, not {}", self.partitions)));
+            return Err(setup(format!(
+                "partitions must be 1 to 10000, not {}",
+                self.partitions
+            )));
         }
         if self.segment_bytes < 4096 {
             return Err(setup("segment bytes must be at least 4096"));
         }
         if self.cleanup_policy != "delete" {
-            return Err(setup(format!("cleanup policy {:?} is not supported (only \"delete\")", self.cleanup_policy)));
+            return Err(setup(format!(
+                "cleanup policy {:?} is not supported (only \"delete\")",
+                self.cleanup_policy
+            )));
         }
         Ok(())
     }
@@ -96,7 +102,10 @@ impl Log {
         let dir = self.topic_dir(topic)?;
         match meta::read_checked::<TopicConfig>(&dir.join("topic.json"), TOPIC_KIND) {
             Ok(Some(c)) => Ok(c),
-            Ok(None) => Err(setup(format!("no topic {topic:?} in {}", self.root.display()))),
+            Ok(None) => Err(setup(format!(
+                "no topic {topic:?} in {}",
+                self.root.display()
+            ))),
             Err(e) => Err(Error::Data(e)),
         }
     }
@@ -132,7 +141,8 @@ impl Log {
         }
         match fs::rename(&tmp, &dir) {
             Ok(()) => {
-                meta::fsync_dir(&topics).map_err(Error::io_with(|| format!("syncing {}", topics.display())))?;
+                meta::fsync_dir(&topics)
+                    .map_err(Error::io_with(|| format!("syncing {}", topics.display())))?;
                 Ok(true)
             }
             Err(_) if dir.join("topic.json").exists() => {
@@ -151,7 +161,8 @@ impl Log {
     pub fn set_topic_config(&self, topic: &str, config: &TopicConfig) -> Result<()> {
         config.check()?;
         let path = self.topic_dir(topic)?.join("topic.json");
-        meta::write_checked(&path, TOPIC_KIND, config).map_err(Error::io_with(|| format!("writing {}", path.display())))
+        meta::write_checked(&path, TOPIC_KIND, config)
+            .map_err(Error::io_with(|| format!("writing {}", path.display())))
     }
 
     pub fn list_topics(&self) -> Result<Vec<String>> {
@@ -165,7 +176,8 @@ impl Log {
         for ent in rd {
             let ent = ent.map_err(|e| self.setup_io(&dir, e))?;
             if let Some(name) = ent.file_name().to_str() {
-                if names::validate("topic", name).is_ok() && ent.path().join("topic.json").exists() {
+                if names::validate("topic", name).is_ok() && ent.path().join("topic.json").exists()
+                {
                     out.push(name.to_string());
                 }
             }
@@ -177,9 +189,13 @@ impl Log {
     /// Removes a topic: renamed away first (one atomic step), then deleted.
     pub fn delete_topic_dir(&self, topic: &str) -> Result<()> {
         let dir = self.topic_dir(topic)?;
-        let gone = self.topics_dir().join(format!(".deleted-{topic}.{}", std::process::id()));
-        fs::rename(&dir, &gone).map_err(Error::io_with(|| format!("removing {}", dir.display())))?;
-        meta::fsync_dir(&self.topics_dir()).map_err(Error::io_with(|| "syncing topics directory".into()))?;
+        let gone = self
+            .topics_dir()
+            .join(format!(".deleted-{topic}.{}", std::process::id()));
+        fs::rename(&dir, &gone)
+            .map_err(Error::io_with(|| format!("removing {}", dir.display())))?;
+        meta::fsync_dir(&self.topics_dir())
+            .map_err(Error::io_with(|| "syncing topics directory".into()))?;
         fs::remove_dir_all(&gone).map_err(Error::io_with(|| format!("removing {}", gone.display())))
     }
 

@@ -25,7 +25,8 @@ pub fn partition(dir: &Path, r: &mut Report) {
     let bases = match segment::list_segments(dir) {
         Ok(b) => b,
         Err(e) => {
-            r.problems.push(format!("{}: cannot list: {e}", dir.display()));
+            r.problems
+                .push(format!("{}: cannot list: {e}", dir.display()));
             return;
         }
     };
@@ -57,11 +58,16 @@ pub fn partition(dir: &Path, r: &mut Report) {
         match FileHeader::decode(b, LOG_MAGIC) {
             Ok(h) if h.base_offset == base => {}
             Ok(h) => {
-                r.problems.push(format!("{}: position 0: header names base offset {}", path.display(), h.base_offset));
+                r.problems.push(format!(
+                    "{}: position 0: header names base offset {}",
+                    path.display(),
+                    h.base_offset
+                ));
                 continue;
             }
             Err(why) => {
-                r.problems.push(format!("{}: position 0: {why}", path.display()));
+                r.problems
+                    .push(format!("{}: position 0: {why}", path.display()));
                 continue;
             }
         }
@@ -74,7 +80,14 @@ pub fn partition(dir: &Path, r: &mut Report) {
             }
         }
         let limit = bases.get(i + 1).copied();
-        let s = segment::scan(b, FILE_HEADER_LEN, base, limit, IndexPolicy::new(), i64::MIN);
+        let s = segment::scan(
+            b,
+            FILE_HEADER_LEN,
+            base,
+            limit,
+            IndexPolicy::new(),
+            i64::MIN,
+        );
         r.frames += s.frames;
         r.records += s.next_offset - base;
         match &s.stop {
@@ -146,29 +159,47 @@ fn check_index(path: &Path, base: u64, s: &segment::Scan, last: bool, r: &mut Re
     for (k, (got, want)) in times.iter().zip(&s.index.times).enumerate() {
         if got != want {
             let at = FILE_HEADER_LEN + k * TIMEINDEX_ENTRY_LEN;
-            r.problems.push(format!("{}: position {at}: entry does not match the log", tp.display()));
+            r.problems.push(format!(
+                "{}: position {at}: entry does not match the log",
+                tp.display()
+            ));
             break;
         }
     }
     if offs.len() > s.index.offsets.len() {
-        r.problems.push(format!("{}: {} entries point past the valid log", ip.display(), offs.len() - s.index.offsets.len()));
+        r.problems.push(format!(
+            "{}: {} entries point past the valid log",
+            ip.display(),
+            offs.len() - s.index.offsets.len()
+        ));
     }
     if times.len() > s.index.times.len() {
-        r.problems.push(format!("{}: {} entries point past the valid log", tp.display(), times.len() - s.index.times.len()));
+        r.problems.push(format!(
+            "{}: {} entries point past the valid log",
+            tp.display(),
+            times.len() - s.index.times.len()
+        ));
     }
     // A short index on the active segment is normal while a writer runs.
     if !last && (offs.len() < s.index.offsets.len() || times.len() < s.index.times.len()) {
-        r.problems.push(format!("{}: index is short (rebuilt by `logd recover`)", ip.display()));
+        r.problems.push(format!(
+            "{}: index is short (rebuilt by `logd recover`)",
+            ip.display()
+        ));
     }
 }
 
 /// Topic metadata, then each partition.
 pub fn topic(log: &topic::Log, name: &str, r: &mut Report) {
     let Ok(dir) = log.topic_dir(name) else { return };
-    let cfg = match meta::read_checked::<topic::TopicConfig>(&dir.join("topic.json"), topic::TOPIC_KIND) {
+    let cfg = match meta::read_checked::<topic::TopicConfig>(
+        &dir.join("topic.json"),
+        topic::TOPIC_KIND,
+    ) {
         Ok(Some(c)) => c,
         Ok(None) => {
-            r.problems.push(format!("{}: missing", dir.join("topic.json").display()));
+            r.problems
+                .push(format!("{}: missing", dir.join("topic.json").display()));
             return;
         }
         Err(e) => {
@@ -181,7 +212,8 @@ pub fn topic(log: &topic::Log, name: &str, r: &mut Report) {
         if pd.is_dir() {
             partition(&pd, r);
         } else {
-            r.problems.push(format!("{}: partition directory missing", pd.display()));
+            r.problems
+                .push(format!("{}: partition directory missing", pd.display()));
         }
     }
 }

@@ -88,12 +88,23 @@ fn io_err<'a>(what: &str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Erro
 impl PartitionWriter {
     /// Opens (creating if needed) a partition directory for writing: takes the lock, then
     /// recovers. `wait` blocks on a held lock instead of failing.
-    pub fn open(dir: &Path, cfg: &TopicConfig, fsync: FsyncMode, wait: bool) -> Result<PartitionWriter> {
+    pub fn open(
+        dir: &Path,
+        cfg: &TopicConfig,
+        fsync: FsyncMode,
+        wait: bool,
+    ) -> Result<PartitionWriter> {
         Self::open_with(dir, cfg, fsync, wait, false)
     }
 
     /// `full`: ignore the recovery checkpoint and check every segment (`logd recover`).
-    pub fn open_with(dir: &Path, cfg: &TopicConfig, fsync: FsyncMode, wait: bool, full: bool) -> Result<PartitionWriter> {
+    pub fn open_with(
+        dir: &Path,
+        cfg: &TopicConfig,
+        fsync: FsyncMode,
+        wait: bool,
+        full: bool,
+    ) -> Result<PartitionWriter> {
         fs::create_dir_all(dir).map_err(|e| setup(format!("{}: {e}", dir.display())))?;
         let lock = lock_partition(dir, wait)?;
         let mut recovery = Vec::new();
@@ -137,7 +148,10 @@ impl PartitionWriter {
 
     fn check_ok(&self) -> Result<()> {
         if self.failed {
-            return Err(Error::Data(format!("writer of {} stopped after an earlier I/O error", self.dir.display())));
+            return Err(Error::Data(format!(
+                "writer of {} stopped after an earlier I/O error",
+                self.dir.display()
+            )));
         }
         Ok(())
     }
@@ -179,8 +193,17 @@ impl PartitionWriter {
         let pos = self.seg.len + self.wbuf.len() as u64;
         let base = self.next_offset - self.frame.count() as u64;
         if self.seg.policy.wants(pos) {
-            IndexEntry { offset: base, position: pos }.encode_into(&mut self.ibuf);
-            TimeEntry { max_ts_before: self.seg.max_ts, offset: base, position: pos }.encode_into(&mut self.tbuf);
+            IndexEntry {
+                offset: base,
+                position: pos,
+            }
+            .encode_into(&mut self.ibuf);
+            TimeEntry {
+                max_ts_before: self.seg.max_ts,
+                offset: base,
+                position: pos,
+            }
+            .encode_into(&mut self.tbuf);
         }
         self.seg.max_ts = self.seg.max_ts.max(self.frame.max_ts());
         self.wbuf.extend_from_slice(self.frame.finish());
@@ -201,19 +224,29 @@ impl PartitionWriter {
         }
         if let Err(e) = self.seg.file.write_all(&self.wbuf) {
             self.failed = true;
-            return Err(Error::io(format!("appending to {}", self.seg.path.display()), e));
+            return Err(Error::io(
+                format!("appending to {}", self.seg.path.display()),
+                e,
+            ));
         }
         self.seg.len += self.wbuf.len() as u64;
         self.unsynced += self.wbuf.len() as u64;
         self.wbuf.clear();
         // Index entries go after the log bytes they point to; a crash in between leaves a
         // short index, which recovery completes.
-        let r = self.seg.index.write_all(&self.ibuf).and_then(|_| self.seg.timeindex.write_all(&self.tbuf));
+        let r = self
+            .seg
+            .index
+            .write_all(&self.ibuf)
+            .and_then(|_| self.seg.timeindex.write_all(&self.tbuf));
         self.ibuf.clear();
         self.tbuf.clear();
         if let Err(e) = r {
             self.failed = true;
-            return Err(Error::io(format!("writing index of {}", self.seg.path.display()), e));
+            return Err(Error::io(
+                format!("writing index of {}", self.seg.path.display()),
+                e,
+            ));
         }
         Ok(())
     }
@@ -231,7 +264,10 @@ impl PartitionWriter {
         }
         if let Err(e) = self.seg.file.sync_data() {
             self.failed = true;
-            return Err(Error::io(format!("fsync of {}", self.seg.path.display()), e));
+            return Err(Error::io(
+                format!("fsync of {}", self.seg.path.display()),
+                e,
+            ));
         }
         self.unsynced = 0;
         Ok(())
@@ -259,7 +295,11 @@ impl PartitionWriter {
         let bases = segment::list_segments(&self.dir).map_err(io_err("listing", &self.dir))?;
         let mut sizes = Vec::with_capacity(bases.len());
         for b in &bases {
-            sizes.push(fs::metadata(log_path(&self.dir, *b)).map(|m| m.len()).unwrap_or(0));
+            sizes.push(
+                fs::metadata(log_path(&self.dir, *b))
+                    .map(|m| m.len())
+                    .unwrap_or(0),
+            );
         }
         let mut total: u64 = sizes.iter().sum();
         let mut done = Vec::new();
@@ -323,14 +363,22 @@ fn lock_partition(dir: &Path, wait: bool) -> Result<Flock<File>> {
         .write(true)
         .open(&path)
         .map_err(|e| setup(format!("{}: {e}", path.display())))?;
-    let arg = if wait { FlockArg::LockExclusive } else { FlockArg::LockExclusiveNonblock };
+    let arg = if wait {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
     let mut lock = match Flock::lock(f, arg) {
         Ok(l) => l,
         Err((mut f, _)) => {
             let mut holder = String::new();
             let _ = f.read_to_string(&mut holder);
             let holder = holder.trim();
-            let by = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+            let by = if holder.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {holder})")
+            };
             return Err(setup(format!(
                 "{} is locked by another writer{by}; one writer per partition (use --wait-lock to wait)",
                 dir.display()
@@ -352,13 +400,21 @@ fn create_segment(dir: &Path, base: u64, sync: bool) -> Result<Active> {
         .append(true)
         .open(&path)
         .map_err(io_err("creating", &path))?;
-    f.write_all(&FileHeader { magic: *LOG_MAGIC, base_offset: base, created_ms }.encode())
-        .map_err(io_err("writing", &path))?;
+    f.write_all(
+        &FileHeader {
+            magic: *LOG_MAGIC,
+            base_offset: base,
+            created_ms,
+        }
+        .encode(),
+    )
+    .map_err(io_err("writing", &path))?;
     if sync {
         f.sync_all().map_err(io_err("fsync of", &path))?;
         meta::fsync_dir(dir).map_err(io_err("syncing", dir))?;
     }
-    index::write_files(&path, base, &SegmentIndex::default(), created_ms, false).map_err(io_err("indexing", &path))?;
+    index::write_files(&path, base, &SegmentIndex::default(), created_ms, false)
+        .map_err(io_err("indexing", &path))?;
     let (index, timeindex) = open_indexes(&path)?;
     Ok(Active {
         base,
@@ -376,8 +432,14 @@ fn create_segment(dir: &Path, base: u64, sync: bool) -> Result<Active> {
 fn open_indexes(path: &Path) -> Result<(File, File)> {
     let ip = path.with_extension(INDEX_SUFFIX);
     let tp = path.with_extension(TIMEINDEX_SUFFIX);
-    let i = OpenOptions::new().append(true).open(&ip).map_err(io_err("opening", &ip))?;
-    let t = OpenOptions::new().append(true).open(&tp).map_err(io_err("opening", &tp))?;
+    let i = OpenOptions::new()
+        .append(true)
+        .open(&ip)
+        .map_err(io_err("opening", &ip))?;
+    let t = OpenOptions::new()
+        .append(true)
+        .open(&tp)
+        .map_err(io_err("opening", &tp))?;
     Ok((i, t))
 }
 
@@ -385,7 +447,14 @@ fn open_indexes(path: &Path) -> Result<(File, File)> {
 pub fn segment_max_ts(dir: &Path, base: u64, limit: u64) -> Option<i64> {
     let f = File::open(log_path(dir, base)).ok()?;
     let m = Mapped::of(&f).ok()?;
-    let s = segment::scan(m.bytes(), FILE_HEADER_LEN.min(m.len()), base, Some(limit), IndexPolicy::new(), i64::MIN);
+    let s = segment::scan(
+        m.bytes(),
+        FILE_HEADER_LEN.min(m.len()),
+        base,
+        Some(limit),
+        IndexPolicy::new(),
+        i64::MIN,
+    );
     if s.frames == 0 {
         None
     } else {
@@ -399,9 +468,9 @@ fn clean_leftovers(dir: &Path, bases: &[u64]) {
     for ent in rd.flatten() {
         let name = ent.file_name();
         let Some(name) = name.to_str() else { continue };
-        let orphan = [INDEX_SUFFIX, TIMEINDEX_SUFFIX]
-            .iter()
-            .any(|s| parse_segment_file_name(name, s).is_some_and(|b| bases.binary_search(&b).is_err()));
+        let orphan = [INDEX_SUFFIX, TIMEINDEX_SUFFIX].iter().any(|s| {
+            parse_segment_file_name(name, s).is_some_and(|b| bases.binary_search(&b).is_err())
+        });
         if name.ends_with(".tmp") || orphan {
             let _ = fs::remove_file(ent.path());
         }
@@ -409,22 +478,32 @@ fn clean_leftovers(dir: &Path, bases: &[u64]) {
 }
 
 /// Recovery on open (the lock is held). Returns the active segment and the next offset.
-fn recover(dir: &Path, fsync: FsyncMode, full: bool, notes: &mut Vec<String>) -> Result<(Active, u64)> {
+fn recover(
+    dir: &Path,
+    fsync: FsyncMode,
+    full: bool,
+    notes: &mut Vec<String>,
+) -> Result<(Active, u64)> {
     let sync = fsync != FsyncMode::Never;
     let mut bases = segment::list_segments(dir).map_err(io_err("listing", dir))?;
     clean_leftovers(dir, &bases);
     if bases.is_empty() {
         return Ok((create_segment(dir, 0, sync)?, 0));
     }
-    let cp: Option<Checkpoint> = match meta::read_checked(&dir.join(CHECKPOINT_FILE), CHECKPOINT_KIND) {
-        Ok(c) => c,
-        Err(e) => {
-            notes.push(format!("ignoring recovery checkpoint ({e}); scanning the whole partition"));
-            None
-        }
-    };
+    let cp: Option<Checkpoint> =
+        match meta::read_checked(&dir.join(CHECKPOINT_FILE), CHECKPOINT_KIND) {
+            Ok(c) => c,
+            Err(e) => {
+                notes.push(format!(
+                    "ignoring recovery checkpoint ({e}); scanning the whole partition"
+                ));
+                None
+            }
+        };
     let cp = cp.filter(|_| !full);
-    let start_i = cp.and_then(|c| bases.binary_search(&c.segment).ok()).unwrap_or(0);
+    let start_i = cp
+        .and_then(|c| bases.binary_search(&c.segment).ok())
+        .unwrap_or(0);
     let mut i = start_i;
     let mut expect: Option<u64> = None;
     loop {
@@ -447,11 +526,17 @@ fn recover(dir: &Path, fsync: FsyncMode, full: bool, notes: &mut Vec<String>) ->
                 drop(map);
                 remove_segment(&path)?;
                 if expect.is_some_and(|e| e != base) {
-                    return Err(Error::Data(format!("{}: offsets before {base} are missing", dir.display())));
+                    return Err(Error::Data(format!(
+                        "{}: offsets before {base} are missing",
+                        dir.display()
+                    )));
                 }
                 return Ok((create_segment(dir, base, sync)?, base));
             }
-            return Err(Error::Data(format!("{}: {why}; run `logd verify` for details", path.display())));
+            return Err(Error::Data(format!(
+                "{}: {why}; run `logd verify` for details",
+                path.display()
+            )));
         }
         if expect.is_some_and(|e| e != base) {
             return Err(Error::Data(format!(
@@ -465,19 +550,36 @@ fn recover(dir: &Path, fsync: FsyncMode, full: bool, notes: &mut Vec<String>) ->
         // Where to start checking: the checkpoint when it is in this segment.
         let (mut start, mut off, mut max_ts) = (FILE_HEADER_LEN, base, i64::MIN);
         if let Some(c) = cp.filter(|c| c.segment == base && i == start_i) {
-            if c.position as usize <= bytes.len() && c.position as usize >= FILE_HEADER_LEN && c.next_offset >= base {
+            if c.position as usize <= bytes.len()
+                && c.position as usize >= FILE_HEADER_LEN
+                && c.next_offset >= base
+            {
                 (start, off, max_ts) = (c.position as usize, c.next_offset, c.max_ts);
             }
         }
         let old = index::read_offsets(&path.with_extension(INDEX_SUFFIX), base).unwrap_or_default();
-        let old_t = index::read_times(&path.with_extension(TIMEINDEX_SUFFIX), base).unwrap_or_default();
-        let kept: Vec<IndexEntry> = old.iter().copied().filter(|e| (e.position as usize) < start).collect();
-        let kept_t: Vec<TimeEntry> = old_t.iter().copied().filter(|e| (e.position as usize) < start).collect();
+        let old_t =
+            index::read_times(&path.with_extension(TIMEINDEX_SUFFIX), base).unwrap_or_default();
+        let kept: Vec<IndexEntry> = old
+            .iter()
+            .copied()
+            .filter(|e| (e.position as usize) < start)
+            .collect();
+        let kept_t: Vec<TimeEntry> = old_t
+            .iter()
+            .copied()
+            .filter(|e| (e.position as usize) < start)
+            .collect();
         let trusted = start > FILE_HEADER_LEN
             && index::offsets_plausible(&kept, base, start as u64)
             && kept.len() == kept_t.len()
-            && kept.iter().zip(&kept_t).all(|(a, b)| a.offset == b.offset && a.position == b.position)
-            && kept.first().is_some_and(|e| e.position == FILE_HEADER_LEN as u64);
+            && kept
+                .iter()
+                .zip(&kept_t)
+                .all(|(a, b)| a.offset == b.offset && a.position == b.position)
+            && kept
+                .first()
+                .is_some_and(|e| e.position == FILE_HEADER_LEN as u64);
         let (kept, kept_t) = if trusted {
             (kept, kept_t)
         } else {
@@ -486,21 +588,29 @@ fn recover(dir: &Path, fsync: FsyncMode, full: bool, notes: &mut Vec<String>) ->
         };
         let policy = IndexPolicy::resume(kept.last().map(|e| e.position));
         let s = segment::scan(bytes, start, off, limit, policy, max_ts);
-        let mut idx = SegmentIndex { offsets: kept, times: kept_t };
+        let mut idx = SegmentIndex {
+            offsets: kept,
+            times: kept_t,
+        };
         idx.offsets.extend(&s.index.offsets);
         idx.times.extend(&s.index.times);
         if idx.offsets != old || idx.times != old_t {
             if !old.is_empty() || s.frames > 0 {
                 notes.push(format!("rebuilt indexes of {}", path.display()));
             }
-            index::write_files(&path, base, &idx, created_ms, false).map_err(io_err("rebuilding index of", &path))?;
+            index::write_files(&path, base, &idx, created_ms, false)
+                .map_err(io_err("rebuilding index of", &path))?;
         }
-        let clean = matches!(s.stop, ScanStop::End | ScanStop::Limit) && (last || s.stop == ScanStop::Limit);
+        let clean = matches!(s.stop, ScanStop::End | ScanStop::Limit)
+            && (last || s.stop == ScanStop::Limit);
         if clean {
             if last {
                 drop(map);
                 let (index, timeindex) = open_indexes(&path)?;
-                let file = OpenOptions::new().append(true).open(&path).map_err(io_err("opening", &path))?;
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(io_err("opening", &path))?;
                 let active = Active {
                     base,
                     path,

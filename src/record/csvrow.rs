@@ -35,8 +35,17 @@ mod tests {
     #[test]
     fn typed_cells() {
         let mut out = Vec::new();
-        let h = vec!["a".to_string(), "b".into(), "c".into(), "d".into(), "e".into()];
+        let h = vec![
+            "a".to_string(),
+            "b".into(),
+            "c".into(),
+            "d".into(),
+            "e".into(),
+        ];
         write_object(&mut out, &h, &["1.50", "", "true", "007", "x\"y"]);
-        assert_eq!(String::from_utf8(out).unwrap(), r#"{"a":1.50,"b":null,"c":true,"d":"007","e":"x\"y"}"#);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":1.50,"b":null,"c":true,"d":"007","e":"x\"y"}"#
+        );
     }
 }

@@ -63,7 +63,8 @@ pub fn write(out: &mut Vec<u8>, topic_json: &[u8], partition: u32, rec: &Record<
 
 fn write_value(out: &mut Vec<u8>, v: &[u8], is_json: bool) {
     // Verbatim JSON only when it cannot change on a round trip (no surrounding whitespace).
-    let bare = !v.is_empty() && !v[0].is_ascii_whitespace() && !v[v.len() - 1].is_ascii_whitespace();
+    let bare =
+        !v.is_empty() && !v[0].is_ascii_whitespace() && !v[v.len() - 1].is_ascii_whitespace();
     if is_json && bare {
         out.extend_from_slice(b",\"value\":");
         out.extend_from_slice(v);
@@ -123,7 +124,8 @@ pub struct Parsed<'a> {
 }
 
 pub fn parse(line: &[u8]) -> Result<Parsed<'_>, String> {
-    let text = std::str::from_utf8(line).map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
+    let text = std::str::from_utf8(line)
+        .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
     if !text.trim_start().starts_with('{') {
         return Err("expected a JSON object (an envelope)".into());
     }
@@ -137,7 +139,13 @@ pub fn parse(line: &[u8]) -> Result<Parsed<'_>, String> {
     let (value, value_is_json) = match (e.value.0, e.value_str, e.value_base64) {
         (Some(v), None, None) => (std::borrow::Cow::Borrowed(v.get().as_bytes()), true),
         (None, Some(s), None) => (std::borrow::Cow::Owned(s.into_bytes()), false),
-        (None, None, Some(b)) => (std::borrow::Cow::Owned(B64.decode(b).map_err(|e| format!("bad value_base64: {e}"))?), false),
+        (None, None, Some(b)) => (
+            std::borrow::Cow::Owned(
+                B64.decode(b)
+                    .map_err(|e| format!("bad value_base64: {e}"))?,
+            ),
+            false,
+        ),
         (None, None, None) => return Err("envelope has no value, value_str or value_base64".into()),
         _ => return Err("envelope has more than one of value, value_str and value_base64".into()),
     };
@@ -147,7 +155,14 @@ pub fn parse(line: &[u8]) -> Result<Parsed<'_>, String> {
         encode_header(&mut headers, n.as_bytes(), v.as_bytes());
     }
     let ts = e.ts.0.map(|r| r.get()).filter(|t| *t != "null");
-    Ok(Parsed { ts, key, value, value_is_json, headers, header_count: hs.len() as u32 })
+    Ok(Parsed {
+        ts,
+        key,
+        value,
+        value_is_json,
+        headers,
+        header_count: hs.len() as u32,
+    })
 }
 
 #[cfg(test)]
@@ -163,9 +178,18 @@ mod tests {
         }
         let mut fb = FrameBuilder::new();
         fb.reset(7);
-        fb.push(&RecordRef { timestamp: 99, key, value, headers: &hb, header_count: hs.len() as u32, value_is_json: json });
+        fb.push(&RecordRef {
+            timestamp: 99,
+            key,
+            value,
+            headers: &hb,
+            header_count: hs.len() as u32,
+            value_is_json: json,
+        });
         let frame = fb.finish().to_vec();
-        let FrameCheck::Ok(info) = check_frame(&frame) else { panic!() };
+        let FrameCheck::Ok(info) = check_frame(&frame) else {
+            panic!()
+        };
         let rec = RecordIter::new(&frame, &info).next().unwrap();
         let mut out = Vec::new();
         write(&mut out, b"\"t\"", 0, &rec);
@@ -179,7 +203,12 @@ mod tests {
     #[test]
     fn kinds_of_values() {
         round_trip(Some(b"k"), br#"{"a": 1.50}"#, true, &[]);
-        round_trip(None, b"plain text \"quoted\"", false, &[("h".into(), "v".into()), ("h".into(), "w".into())]);
+        round_trip(
+            None,
+            b"plain text \"quoted\"",
+            false,
+            &[("h".into(), "v".into()), ("h".into(), "w".into())],
+        );
         round_trip(Some(b"\xff\xfe"), b"\x00\xff", false, &[]);
         round_trip(Some(b"k"), b" {\"a\":1} ", true, &[]);
     }

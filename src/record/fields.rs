@@ -120,7 +120,10 @@ impl<'de> Visitor<'de> for ObjSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let (mut k, mut t) = (None, None);
-        while let Some(which) = map.next_key_seed(KeySeed { key: self.key, ts: self.ts })? {
+        while let Some(which) = map.next_key_seed(KeySeed {
+            key: self.key,
+            ts: self.ts,
+        })? {
             match which {
                 Which::Other => {
                     map.next_value::<IgnoredAny>()?;
@@ -140,9 +143,15 @@ impl<'de> Visitor<'de> for ObjSeed<'_> {
 
 /// Validates `line` as one JSON object and finds the fields. The error is the message for
 /// the user (`expected a JSON object`, serde_json's syntax error, `invalid UTF-8`).
-pub fn find<'a>(line: &'a [u8], key: Option<&FieldPath>, ts: Option<&FieldPath>) -> Result<Found<'a>, String> {
-    let text = std::str::from_utf8(line).map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
-    let ptr = matches!(key, Some(FieldPath::Pointer(_))) || matches!(ts, Some(FieldPath::Pointer(_)));
+pub fn find<'a>(
+    line: &'a [u8],
+    key: Option<&FieldPath>,
+    ts: Option<&FieldPath>,
+) -> Result<Found<'a>, String> {
+    let text = std::str::from_utf8(line)
+        .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
+    let ptr =
+        matches!(key, Some(FieldPath::Pointer(_))) || matches!(ts, Some(FieldPath::Pointer(_)));
     let first = text.trim_start().as_bytes().first().copied();
     if first != Some(b'{') {
         // Still report a syntax error first if the line is not JSON at all.
@@ -161,13 +170,22 @@ pub fn find<'a>(line: &'a [u8], key: Option<&FieldPath>, ts: Option<&FieldPath>)
             };
             Some(RawText::Owned(x.to_string()))
         };
-        return Ok(Found { key: get(key), ts: get(ts) });
+        return Ok(Found {
+            key: get(key),
+            ts: get(ts),
+        });
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    let seed = ObjSeed { key: key.and_then(|k| k.name()), ts: ts.and_then(|t| t.name()) };
+    let seed = ObjSeed {
+        key: key.and_then(|k| k.name()),
+        ts: ts.and_then(|t| t.name()),
+    };
     let (k, t) = seed.deserialize(&mut de).map_err(json_error)?;
     de.end().map_err(json_error)?;
-    Ok(Found { key: k.map(|r| RawText::Borrowed(r.get())), ts: t.map(|r| RawText::Borrowed(r.get())) })
+    Ok(Found {
+        key: k.map(|r| RawText::Borrowed(r.get())),
+        ts: t.map(|r| RawText::Borrowed(r.get())),
+    })
 }
 
 fn json_error(e: serde_json::Error) -> String {
@@ -220,7 +238,10 @@ mod tests {
         let line = br#"{"a":{"x":[1,2]},"id":"truck-1","ts":1795359091608,"s":"\u00e9"}"#;
         let f = find(line, Some(&fp("id")), Some(&fp("ts"))).unwrap();
         assert_eq!(key_bytes(f.key.as_ref().unwrap()).unwrap(), b"truck-1");
-        assert_eq!(ts_ms(f.ts.as_ref().unwrap(), None).unwrap(), 1_795_359_091_608);
+        assert_eq!(
+            ts_ms(f.ts.as_ref().unwrap(), None).unwrap(),
+            1_795_359_091_608
+        );
         let f = find(line, Some(&fp("/a/x/1")), None).unwrap();
         assert_eq!(key_bytes(f.key.as_ref().unwrap()).unwrap(), b"2");
         let f = find(line, Some(&fp("missing")), None).unwrap();
@@ -229,10 +250,17 @@ mod tests {
 
     #[test]
     fn rejects() {
-        assert_eq!(find(b"[1]", None, None).unwrap_err(), "expected a JSON object");
-        assert!(find(b"{\"a\":1", None, None).unwrap_err().starts_with("invalid JSON"));
+        assert_eq!(
+            find(b"[1]", None, None).unwrap_err(),
+            "expected a JSON object"
+        );
+        assert!(find(b"{\"a\":1", None, None)
+            .unwrap_err()
+            .starts_with("invalid JSON"));
         assert!(find(b"{\"a\":1} x", None, None).is_err());
-        assert!(find(b"{\"a\":\"\xff\"}", None, None).unwrap_err().contains("UTF-8"));
+        assert!(find(b"{\"a\":\"\xff\"}", None, None)
+            .unwrap_err()
+            .contains("UTF-8"));
         assert!(find(b"{\"a\":tru}", None, None).is_err());
     }
 }

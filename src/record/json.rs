@@ -64,7 +64,9 @@ pub fn scalar_text(raw: &str) -> Option<String> {
     match t.as_bytes().first() {
         Some(b'"') => serde_json::from_str::<String>(t).ok(),
         Some(b'n') if t == "null" => None,
-        Some(b'{') | Some(b'[') => serde_json::from_str::<serde_json::Value>(t).ok().map(|v| v.to_string()),
+        Some(b'{') | Some(b'[') => serde_json::from_str::<serde_json::Value>(t)
+            .ok()
+            .map(|v| v.to_string()),
         Some(_) => Some(t.to_string()),
         None => None,
     }
@@ -76,10 +78,19 @@ mod tests {
 
     #[test]
     fn numbers() {
-        for ok in ["0", "-1", "12.5", "1e3", "-0.5E-7", "123456789012345678901234567890"] {
+        for ok in [
+            "0",
+            "-1",
+            "12.5",
+            "1e3",
+            "-0.5E-7",
+            "123456789012345678901234567890",
+        ] {
             assert!(is_number(ok), "{ok}");
         }
-        for bad in ["", "-", "007", "+5", ".5", "5.", "1e", "NaN", "inf", "0x10", "1 "] {
+        for bad in [
+            "", "-", "007", "+5", ".5", "5.", "1e", "NaN", "inf", "0x10", "1 ",
+        ] {
             assert!(!is_number(bad), "{bad}");
         }
     }

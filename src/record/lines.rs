@@ -81,7 +81,11 @@ impl<R: Read> LineReader<R> {
                 if self.discarding {
                     self.discarding = false;
                     let (buf, no) = (&self.oversize_prefix, self.line_no);
-                    return Ok(Next::Line(Line { no, bytes: buf, oversize: true }));
+                    return Ok(Next::Line(Line {
+                        no,
+                        bytes: buf,
+                        oversize: true,
+                    }));
                 }
                 let mut line = &self.buf[s..e];
                 if line.last() == Some(&b'\r') {
@@ -90,9 +94,17 @@ impl<R: Read> LineReader<R> {
                 if line.len() > self.max {
                     self.oversize_prefix = line[..OVERSIZE_PREFIX.min(line.len())].to_vec();
                     let (buf, no) = (&self.oversize_prefix, self.line_no);
-                    return Ok(Next::Line(Line { no, bytes: buf, oversize: true }));
+                    return Ok(Next::Line(Line {
+                        no,
+                        bytes: buf,
+                        oversize: true,
+                    }));
                 }
-                return Ok(Next::Line(Line { no: self.line_no, bytes: line, oversize: false }));
+                return Ok(Next::Line(Line {
+                    no: self.line_no,
+                    bytes: line,
+                    oversize: false,
+                }));
             }
             if self.eof {
                 if self.start < self.end || self.discarding {
@@ -102,16 +114,25 @@ impl<R: Read> LineReader<R> {
                     self.line_no += 1;
                     if self.discarding || e - s > self.max {
                         if !self.discarding {
-                            self.oversize_prefix = self.buf[s..s + OVERSIZE_PREFIX.min(e - s)].to_vec();
+                            self.oversize_prefix =
+                                self.buf[s..s + OVERSIZE_PREFIX.min(e - s)].to_vec();
                         }
                         self.discarding = false;
-                        return Ok(Next::Line(Line { no: self.line_no, bytes: &self.oversize_prefix, oversize: true }));
+                        return Ok(Next::Line(Line {
+                            no: self.line_no,
+                            bytes: &self.oversize_prefix,
+                            oversize: true,
+                        }));
                     }
                     let mut line = &self.buf[s..e];
                     if line.last() == Some(&b'\r') {
                         line = &line[..line.len() - 1];
                     }
-                    return Ok(Next::Line(Line { no: self.line_no, bytes: line, oversize: false }));
+                    return Ok(Next::Line(Line {
+                        no: self.line_no,
+                        bytes: line,
+                        oversize: false,
+                    }));
                 }
                 return Ok(Next::Eof);
             }
@@ -191,7 +212,15 @@ mod tests {
     #[test]
     fn splits_and_numbers() {
         let v = lines(b"a\r\nbb\n\nccc", 10);
-        assert_eq!(v, vec![(1, b"a".to_vec(), false), (2, b"bb".to_vec(), false), (3, vec![], false), (4, b"ccc".to_vec(), false)]);
+        assert_eq!(
+            v,
+            vec![
+                (1, b"a".to_vec(), false),
+                (2, b"bb".to_vec(), false),
+                (3, vec![], false),
+                (4, b"ccc".to_vec(), false)
+            ]
+        );
     }
 
     #[test]

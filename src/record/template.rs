@@ -46,7 +46,9 @@ impl Template {
                             lit.push(b'%');
                             continue;
                         }
-                        Some(o) => return Err(format!("unknown format directive %{o} (see --help)")),
+                        Some(o) => {
+                            return Err(format!("unknown format directive %{o} (see --help)"))
+                        }
                         None => return Err("format ends with a lone %".into()),
                     };
                     if !lit.is_empty() {
@@ -86,7 +88,9 @@ impl Template {
                 Piece::Ts => out.extend_from_slice(ib.format(rec.timestamp).as_bytes()),
                 Piece::Key => out.extend_from_slice(rec.key.unwrap_or_default()),
                 Piece::Value => out.extend_from_slice(rec.value),
-                Piece::KeyLen => out.extend_from_slice(ib.format(rec.key.map_or(-1, |k| k.len() as i64)).as_bytes()),
+                Piece::KeyLen => out.extend_from_slice(
+                    ib.format(rec.key.map_or(-1, |k| k.len() as i64)).as_bytes(),
+                ),
                 Piece::ValueLen => out.extend_from_slice(ib.format(rec.value.len()).as_bytes()),
                 Piece::Headers => {
                     for (i, (n, v)) in rec.headers().enumerate() {

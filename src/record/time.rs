@@ -48,7 +48,9 @@ pub fn parse_text(s: &str) -> Result<i64, String> {
         return Ok(epoch_int_to_ms(n));
     }
     if let Ok(f) = t.parse::<f64>() {
-        if t.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'e' || b == b'E' || b == b'+') {
+        if t.bytes().all(|b| {
+            b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'e' || b == b'E' || b == b'+'
+        }) {
             return epoch_to_ms(f).ok_or_else(|| format!("timestamp out of range: {t}"));
         }
     }
@@ -58,7 +60,9 @@ pub fn parse_text(s: &str) -> Result<i64, String> {
 pub fn parse_rfc3339(t: &str) -> Result<i64, String> {
     match t.parse::<Timestamp>() {
         Ok(ts) => Ok(ts.as_millisecond()),
-        Err(_) => Err(format!("cannot parse timestamp {t:?} (expected RFC 3339 or epoch s/ms/µs/ns)")),
+        Err(_) => Err(format!(
+            "cannot parse timestamp {t:?} (expected RFC 3339 or epoch s/ms/µs/ns)"
+        )),
     }
 }
 
@@ -70,7 +74,10 @@ pub fn parse_with_format(s: &str, fmt: &str) -> Result<i64, String> {
         return Ok(ts.as_millisecond());
     }
     let dt = tm.to_datetime().map_err(bad)?;
-    let ts = dt.to_zoned(jiff::tz::TimeZone::UTC).map_err(bad)?.timestamp();
+    let ts = dt
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map_err(bad)?
+        .timestamp();
     Ok(ts.as_millisecond())
 }
 
@@ -108,9 +115,13 @@ pub fn parse_time_arg(s: &str) -> Result<i64, String> {
 /// `500ms 10s 5m 1h 1d 1w`, or a bare number of milliseconds.
 pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?} (examples: 500ms, 10s, 5m, 1h, 7d)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (examples: 500ms, 10s, 5m, 1h, 7d)"))?;
     let mult = match unit {
         "" | "ms" => 1.0,
         "s" => 1e3,
@@ -121,7 +132,7 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
         _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h, d, w)")),
     };
     let v = n * mult;
-    if !v.is_finite() || v < 0.0 || v > 9.0e15 {
+    if !v.is_finite() || !(0.0..=9.0e15).contains(&v) {
         return Err(format!("duration out of range: {s:?}"));
     }
     Ok(v.round() as i64)
@@ -132,7 +143,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?} (examples: 4096, 64MiB, 1GB)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?} (examples: 4096, 64MiB, 1GB)"))?;
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -143,9 +156,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
-        _ => return Err(format!("bad size unit in {s:?} (B, kB, KiB, MB, MiB, GB, GiB)")),
+        _ => {
+            return Err(format!(
+                "bad size unit in {s:?} (B, kB, KiB, MB, MiB, GB, GiB)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size out of range: {s:?}"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size out of range: {s:?}"))
 }
 
 #[cfg(test)]
@@ -157,7 +175,10 @@ mod tests {
         assert_eq!(epoch_int_to_ms(1_795_359_091), 1_795_359_091_000);
         assert_eq!(epoch_int_to_ms(1_795_359_091_608), 1_795_359_091_608);
         assert_eq!(epoch_int_to_ms(1_795_359_091_608_123), 1_795_359_091_608);
-        assert_eq!(epoch_int_to_ms(1_795_359_091_608_123_456), 1_795_359_091_608);
+        assert_eq!(
+            epoch_int_to_ms(1_795_359_091_608_123_456),
+            1_795_359_091_608
+        );
         assert_eq!(epoch_to_ms(1_795_359_091.608), Some(1_795_359_091_608));
         assert_eq!(parse_text("1795359091608").unwrap(), 1_795_359_091_608);
     }
@@ -172,7 +193,10 @@ mod tests {
 
     #[test]
     fn formats_and_relative() {
-        assert_eq!(parse_with_format("01/01/1970 00:00:02", "%d/%m/%Y %H:%M:%S").unwrap(), 2000);
+        assert_eq!(
+            parse_with_format("01/01/1970 00:00:02", "%d/%m/%Y %H:%M:%S").unwrap(),
+            2000
+        );
         let now = now_ms();
         let h = parse_time_arg("-1h").unwrap();
         assert!((now - h - 3_600_000).abs() < 5_000);

@@ -19,7 +19,9 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        Env { dir: tempfile::tempdir().expect("temp dir") }
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn log(&self) -> PathBuf {
@@ -68,7 +70,9 @@ impl Env {
 }
 
 pub fn run_with_stdin(mut c: Command, stdin: &[u8]) -> Output {
-    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().expect("spawn");
     let mut si = child.stdin.take().expect("stdin");
     let data = stdin.to_vec();
@@ -81,7 +85,9 @@ pub fn run_with_stdin(mut c: Command, stdin: &[u8]) -> Output {
 }
 
 pub fn lines(s: &str) -> Vec<serde_json::Value> {
-    s.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }
 
 /// `n` telemetry records with fixed timestamps one second apart.

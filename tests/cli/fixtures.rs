@@ -6,23 +6,39 @@ use std::path::PathBuf;
 
 fn fixture(name: &str) -> Env {
     let e = Env::new();
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).join("log");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .join("log");
     copy_dir(&src, &e.log());
     e
 }
 
 fn expected(name: &str, file: &str) -> String {
-    std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).join(file)).unwrap()
+    std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+            .join(file),
+    )
+    .unwrap()
 }
 
 #[test]
 fn v1_log_reads_back_identically() {
     let e = fixture("v1");
-    assert_eq!(e.consume("telemetry", &[]), expected("v1", "expected.ndjson"));
+    assert_eq!(
+        e.consume("telemetry", &[]),
+        expected("v1", "expected.ndjson")
+    );
     assert_eq!(e.consume("raw", &[]), expected("v1", "expected-raw.ndjson"));
     // Values are the input lines, byte for byte, in key order per partition.
     let input = expected("v1", "input.ndjson");
-    let mut got: Vec<String> = e.consume("telemetry", &["--value"]).lines().map(String::from).collect();
+    let mut got: Vec<String> = e
+        .consume("telemetry", &["--value"])
+        .lines()
+        .map(String::from)
+        .collect();
     let mut want: Vec<String> = input.lines().map(String::from).collect();
     got.sort();
     want.sort();
@@ -30,8 +46,16 @@ fn v1_log_reads_back_identically() {
     let v = e.run("logd", &["verify"], b"");
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
     let g = lines(&e.ok("logd", &["groups", "describe", "fixture", "--json"], b""));
-    assert_eq!(g.iter().map(|v| v["committed"].as_u64().unwrap()).sum::<u64>(), 7);
-    let seeks = e.consume("telemetry", &["--from", "@1795000030000", "--partition", "1", "--max", "1"]);
+    assert_eq!(
+        g.iter()
+            .map(|v| v["committed"].as_u64().unwrap())
+            .sum::<u64>(),
+        7
+    );
+    let seeks = e.consume(
+        "telemetry",
+        &["--from", "@1795000030000", "--partition", "1", "--max", "1"],
+    );
     let want_first = lines(&expected("v1", "expected.ndjson"))
         .into_iter()
         .find(|v| v["partition"] == 1 && v["ts"].as_i64().unwrap() >= 1_795_000_030_000)
@@ -45,12 +69,21 @@ fn v1_corrupt_log_is_caught() {
     let v = e.run("logd", &["verify"], b"");
     assert_eq!(v.status.code(), Some(1));
     let out = String::from_utf8_lossy(&v.stdout);
-    assert!(out.contains("telemetry/0/00000000000000000000.log: position 32 (offset 0): frame CRC mismatch"), "{out}");
+    assert!(
+        out.contains(
+            "telemetry/0/00000000000000000000.log: position 32 (offset 0): frame CRC mismatch"
+        ),
+        "{out}"
+    );
     let c = e.run("consume", &["-t", "telemetry", "--partition", "0"], b"");
     assert_eq!(c.status.code(), Some(1));
     assert!(c.stdout.is_empty());
     // The undamaged partition still reads.
     let p1 = e.consume("telemetry", &["--partition", "1"]);
-    let want: String = expected("v1", "expected.ndjson").lines().filter(|l| l.contains("\"partition\":1")).map(|l| format!("{l}\n")).collect();
+    let want: String = expected("v1", "expected.ndjson")
+        .lines()
+        .filter(|l| l.contains("\"partition\":1"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     assert_eq!(p1, want);
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 fn render(cmd: clap::Command) -> Vec<u8> {
     let mut out = Vec::new();
-    clap_mangen::Man::new(cmd).render(&mut out).expect("render man page");
+    clap_mangen::Man::new(cmd)
+        .render(&mut out)
+        .expect("render man page");
     out
 }
 
@@ -29,13 +31,19 @@ fn man_pages_are_fresh() {
             stale.push(path.display().to_string());
         }
     }
-    assert!(stale.is_empty(), "stale man pages (run scripts/gen-man.sh): {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "stale man pages (run scripts/gen-man.sh): {stale:?}"
+    );
 }
 
 #[test]
 fn help_works_for_every_tool() {
     for tool in ["produce", "consume", "logd"] {
-        let o = std::process::Command::new(crate::common::bin(tool)).arg("--help").output().unwrap();
+        let o = std::process::Command::new(crate::common::bin(tool))
+            .arg("--help")
+            .output()
+            .unwrap();
         assert!(o.status.success());
         assert!(String::from_utf8_lossy(&o.stdout).contains("Exit status"));
     }

@@ -23,7 +23,11 @@ fn crlf_and_blank_lines() {
 #[test]
 fn envelopes_carry_key_ts_and_value() {
     let e = Env::new();
-    e.produce("t", &["--key", "id", "--ts", "ts"], "{\"id\":\"truck-1\",\"ts\":\"2026-11-01T00:00:00.5Z\",\"v\":1}\n");
+    e.produce(
+        "t",
+        &["--key", "id", "--ts", "ts"],
+        "{\"id\":\"truck-1\",\"ts\":\"2026-11-01T00:00:00.5Z\",\"v\":1}\n",
+    );
     let v = lines(&e.consume("t", &[]));
     assert_eq!(v.len(), 1);
     assert_eq!(v[0]["topic"], "t");
@@ -39,9 +43,25 @@ fn timestamps_by_magnitude_and_format() {
     let e = Env::new();
     let input = "{\"t\":1795359091}\n{\"t\":1795359091608}\n{\"t\":1795359091608123}\n{\"t\":1795359091608123456}\n{\"t\":\"1795359091.5\"}\n";
     e.produce("t", &["--ts", "t"], input);
-    let ts: Vec<i64> = lines(&e.consume("t", &[])).iter().map(|v| v["ts"].as_i64().unwrap()).collect();
-    assert_eq!(ts, vec![1795359091000, 1795359091608, 1795359091608, 1795359091608, 1795359091500]);
-    e.produce("f", &["--ts", "t", "--ts-format", "%d/%m/%Y %H:%M"], "{\"t\":\"01/01/1970 00:01\"}\n");
+    let ts: Vec<i64> = lines(&e.consume("t", &[]))
+        .iter()
+        .map(|v| v["ts"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ts,
+        vec![
+            1795359091000,
+            1795359091608,
+            1795359091608,
+            1795359091608,
+            1795359091500
+        ]
+    );
+    e.produce(
+        "f",
+        &["--ts", "t", "--ts-format", "%d/%m/%Y %H:%M"],
+        "{\"t\":\"01/01/1970 00:01\"}\n",
+    );
     assert_eq!(lines(&e.consume("f", &[]))[0]["ts"], 60_000);
 }
 
@@ -65,7 +85,10 @@ fn envelope_round_trip_is_lossless() {
     assert_eq!(v[2]["value_base64"], "AP8=");
     assert_eq!(v[2]["key_base64"], "/w==");
     assert!(v[3]["value"].is_null() && v[3].get("value").is_some());
-    assert_eq!(e.consume("a", &["--format", "%k|%s|%h\\n", "--max", "1"]), "k1|{\"a\": 1.0}|h=1,h=2\n");
+    assert_eq!(
+        e.consume("a", &["--format", "%k|%s|%h\\n", "--max", "1"]),
+        "k1|{\"a\": 1.0}|h=1,h=2\n"
+    );
 }
 
 #[test]
@@ -101,38 +124,72 @@ fn seeks_by_offset_time_and_tail() {
     let e = Env::new();
     e.produce("t", &["--ts", "ts"], &telemetry(100, 1_700_000_000_000));
     let offs = |args: &[&str]| -> Vec<u64> {
-        lines(&e.consume("t", args)).iter().map(|v| v["offset"].as_u64().unwrap()).collect()
+        lines(&e.consume("t", args))
+            .iter()
+            .map(|v| v["offset"].as_u64().unwrap())
+            .collect()
     };
     assert_eq!(offs(&["--from", "95"]), vec![95, 96, 97, 98, 99]);
     assert_eq!(offs(&["--from", "-3"]), vec![97, 98, 99]);
     assert_eq!(offs(&["--from", "latest"]), Vec::<u64>::new());
     assert_eq!(offs(&["--from", "10", "--to", "13"]), vec![10, 11, 12]);
     assert_eq!(offs(&["--from", "10", "--max", "2"]), vec![10, 11]);
-    assert_eq!(offs(&["--from", "@1700000090000"]), (90..100).collect::<Vec<_>>());
-    assert_eq!(offs(&["--from", "@2023-11-14T22:14:50.5Z", "--to", "@1700000093000"]), vec![91, 92]);
-    assert_eq!(offs(&["--from", "@2030-01-01T00:00:00Z"]), Vec::<u64>::new());
+    assert_eq!(
+        offs(&["--from", "@1700000090000"]),
+        (90..100).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        offs(&[
+            "--from",
+            "@2023-11-14T22:14:50.5Z",
+            "--to",
+            "@1700000093000"
+        ]),
+        vec![91, 92]
+    );
+    assert_eq!(
+        offs(&["--from", "@2030-01-01T00:00:00Z"]),
+        Vec::<u64>::new()
+    );
     assert_eq!(offs(&["--from", "500"]), Vec::<u64>::new());
 }
 
 #[test]
 fn time_seek_with_out_of_order_timestamps_and_many_segments() {
     let e = Env::new();
-    e.ok("logd", &["topics", "create", "t", "--segment-bytes", "4096"], b"");
+    e.ok(
+        "logd",
+        &["topics", "create", "t", "--segment-bytes", "4096"],
+        b"",
+    );
     // Timestamps go up by 10 but every 5th record is 25 behind: the first record at or after T.
     let mut input = String::new();
     let mut ts = Vec::new();
     for i in 0..400i64 {
         let t = if i % 5 == 4 { i * 10 - 25 } else { i * 10 } + 1_000_000_000_000;
         ts.push(t);
-        input.push_str(&format!("{{\"i\":{i},\"t\":{t},\"pad\":\"{}\"}}\n", "x".repeat(40)));
+        input.push_str(&format!(
+            "{{\"i\":{i},\"t\":{t},\"pad\":\"{}\"}}\n",
+            "x".repeat(40)
+        ));
     }
     // Several produce runs: several frames and segments.
     for chunk in input.lines().collect::<Vec<_>>().chunks(37) {
         e.produce("t", &["--ts", "t"], &(chunk.join("\n") + "\n"));
     }
     let segs = segment_files(&e.log().join("topics/t/0"), "log");
-    assert!(segs.len() > 3, "expected several segments, got {}", segs.len());
-    for target in [1_000_000_000_000i64, 1_000_000_001_234, 1_000_000_002_000, 1_000_000_003_985, 1_000_000_009_999] {
+    assert!(
+        segs.len() > 3,
+        "expected several segments, got {}",
+        segs.len()
+    );
+    for target in [
+        1_000_000_000_000i64,
+        1_000_000_001_234,
+        1_000_000_002_000,
+        1_000_000_003_985,
+        1_000_000_009_999,
+    ] {
         let want = ts.iter().position(|&t| t >= target).map(|p| p as u64);
         let got = lines(&e.consume("t", &["--from", &format!("@{target}"), "--max", "1"]))
             .first()
@@ -150,8 +207,16 @@ fn time_seek_with_out_of_order_timestamps_and_many_segments() {
 fn keys_follow_kafkas_partitioner() {
     let e = Env::new();
     // toPositive(murmur2) values from Kafka's UtilsTest vectors.
-    let cases = [("21", 1_173_551_340u64), ("foobar", 1_357_151_166), ("abc", 479_470_107), ("a-little-bit-long-string", 1_161_502_112)];
-    let input: String = cases.iter().map(|(k, _)| format!("{{\"k\":\"{k}\"}}\n")).collect();
+    let cases = [
+        ("21", 1_173_551_340u64),
+        ("foobar", 1_357_151_166),
+        ("abc", 479_470_107),
+        ("a-little-bit-long-string", 1_161_502_112),
+    ];
+    let input: String = cases
+        .iter()
+        .map(|(k, _)| format!("{{\"k\":\"{k}\"}}\n"))
+        .collect();
     e.produce("t", &["--key", "k", "--partitions", "7"], &input);
     for v in lines(&e.consume("t", &[])) {
         let k = v["key"].as_str().unwrap();
@@ -168,10 +233,19 @@ fn unkeyed_records_round_robin_by_batch() {
     e.produce("t", &["--partitions", "3"], &big);
     let v = lines(&e.consume("t", &[]));
     assert_eq!(v.len(), 1500);
-    let used: std::collections::BTreeSet<u64> = v.iter().map(|r| r["partition"].as_u64().unwrap()).collect();
+    let used: std::collections::BTreeSet<u64> =
+        v.iter().map(|r| r["partition"].as_u64().unwrap()).collect();
     assert!(used.len() >= 2, "{used:?}");
     // The concatenation order: partition by partition, offsets ascending.
-    let order: Vec<(u64, u64)> = v.iter().map(|r| (r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap())).collect();
+    let order: Vec<(u64, u64)> = v
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_u64().unwrap(),
+                r["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
     let mut sorted = order.clone();
     sorted.sort();
     assert_eq!(order, sorted);
@@ -183,20 +257,43 @@ fn unkeyed_records_round_robin_by_batch() {
 #[test]
 fn bad_input_fail_skip_dead_letter() {
     let e = Env::new();
-    let input = b"{\"id\":\"a\"}\n[1,2]\n{\"id\":\"b\"\n{\"x\":1}\n{\"id\":\"\xff\"}\n{\"id\":\"c\"}\n";
+    let input =
+        b"{\"id\":\"a\"}\n[1,2]\n{\"id\":\"b\"\n{\"x\":1}\n{\"id\":\"\xff\"}\n{\"id\":\"c\"}\n";
     let o = e.run("produce", &["-t", "t", "--key", "id"], input);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("produce: line 2: expected a JSON object"), "{err}");
+    assert!(
+        err.contains("produce: line 2: expected a JSON object"),
+        "{err}"
+    );
     assert_eq!(e.consume("t", &["--value"]), "{\"id\":\"a\"}\n");
 
-    let o = e.run("produce", &["-t", "s", "--key", "id", "--on-error", "skip"], input);
+    let o = e.run(
+        "produce",
+        &["-t", "s", "--key", "id", "--on-error", "skip"],
+        input,
+    );
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("4 bad records skipped"));
-    assert_eq!(e.consume("s", &["--value"]), "{\"id\":\"a\"}\n{\"id\":\"c\"}\n");
+    assert_eq!(
+        e.consume("s", &["--value"]),
+        "{\"id\":\"a\"}\n{\"id\":\"c\"}\n"
+    );
 
     let dl = e.path("dead.ndjson");
-    let o = e.run("produce", &["-t", "d", "--key", "id", "--on-error", "dead-letter", dl.to_str().unwrap()], input);
+    let o = e.run(
+        "produce",
+        &[
+            "-t",
+            "d",
+            "--key",
+            "id",
+            "--on-error",
+            "dead-letter",
+            dl.to_str().unwrap(),
+        ],
+        input,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let dead = lines(&std::fs::read_to_string(&dl).unwrap());
     assert_eq!(dead.len(), 4);
@@ -206,20 +303,46 @@ fn bad_input_fail_skip_dead_letter() {
     assert_eq!(dead[2]["error"], "missing key field id");
     assert!(dead[3]["error"].as_str().unwrap().contains("UTF-8"));
     assert!(dead[3]["input_base64"].is_string());
-    assert_eq!(e.consume("d", &["--value"]), "{\"id\":\"a\"}\n{\"id\":\"c\"}\n");
+    assert_eq!(
+        e.consume("d", &["--value"]),
+        "{\"id\":\"a\"}\n{\"id\":\"c\"}\n"
+    );
 }
 
 #[test]
 fn oversize_and_timestamp_errors() {
     let e = Env::new();
     let big = format!("{{\"p\":\"{}\"}}\n", "x".repeat(2000));
-    let input = format!("{{\"a\":1,\"t\":1}}\n{big}{{\"a\":2,\"t\":\"not a time\"}}\n{{\"a\":3,\"t\":3}}\n");
-    let o = e.run("produce", &["-t", "t", "--max-record-bytes", "1000", "--ts", "t", "--on-error", "skip"], input.as_bytes());
+    let input = format!(
+        "{{\"a\":1,\"t\":1}}\n{big}{{\"a\":2,\"t\":\"not a time\"}}\n{{\"a\":3,\"t\":3}}\n"
+    );
+    let o = e.run(
+        "produce",
+        &[
+            "-t",
+            "t",
+            "--max-record-bytes",
+            "1000",
+            "--ts",
+            "t",
+            "--on-error",
+            "skip",
+        ],
+        input.as_bytes(),
+    );
     assert!(o.status.success());
-    assert_eq!(e.consume("t", &["--value"]), "{\"a\":1,\"t\":1}\n{\"a\":3,\"t\":3}\n");
-    let o = e.run("produce", &["-t", "u", "--max-record-bytes", "1000"], input.as_bytes());
+    assert_eq!(
+        e.consume("t", &["--value"]),
+        "{\"a\":1,\"t\":1}\n{\"a\":3,\"t\":3}\n"
+    );
+    let o = e.run(
+        "produce",
+        &["-t", "u", "--max-record-bytes", "1000"],
+        input.as_bytes(),
+    );
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("line 2: record is larger than --max-record-bytes"));
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .contains("line 2: record is larger than --max-record-bytes"));
 }
 
 #[test]
@@ -232,10 +355,28 @@ fn bad_names_and_flags_exit_2() {
         assert_eq!(o.status.code(), Some(2), "name {name:?}");
     }
     assert!(!e.dir.path().join("escape").exists());
-    assert_eq!(e.run("consume", &["-t", "missing"], b"").status.code(), Some(2));
-    assert_eq!(e.run("produce", &["-t", "t", "--fsync", "sometimes"], b"").status.code(), Some(2));
-    assert_eq!(e.run("produce", &["-t", "t", "--on-error", "explode"], b"").status.code(), Some(2));
-    assert_eq!(e.run("consume", &["-t", "t", "--format", "%q"], b"").status.code(), Some(2));
+    assert_eq!(
+        e.run("consume", &["-t", "missing"], b"").status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        e.run("produce", &["-t", "t", "--fsync", "sometimes"], b"")
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        e.run("produce", &["-t", "t", "--on-error", "explode"], b"")
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        e.run("consume", &["-t", "t", "--format", "%q"], b"")
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 #[test]
@@ -247,41 +388,85 @@ fn closed_pipe_ends_quietly() {
         bin("consume").display(),
         e.log().display()
     );
-    let o = Command::new("bash").arg("-c").arg(&script).output().unwrap();
-    assert!(o.status.success(), "status {:?} stderr {}", o.status, String::from_utf8_lossy(&o.stderr));
-    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "status {:?} stderr {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let head = lines(&String::from_utf8(o.stdout).unwrap());
     assert_eq!(head.len(), 3);
     // The group committed no more than what reached the pipe; resuming leaves no gap.
     let rest = lines(&e.consume("t", &["--group", "g"]));
-    let first_resumed = rest.first().map_or(50_000, |v| v["offset"].as_u64().unwrap());
+    let first_resumed = rest
+        .first()
+        .map_or(50_000, |v| v["offset"].as_u64().unwrap());
     assert!(first_resumed <= 50_000);
     assert_eq!(rest.len() as u64, 50_000 - first_resumed);
-    assert!(first_resumed <= 3 || first_resumed as usize <= 50_000, "resumed at {first_resumed}");
+    assert!(
+        first_resumed <= 3 || first_resumed as usize <= 50_000,
+        "resumed at {first_resumed}"
+    );
 }
 
 #[test]
 fn group_commits_and_resumes() {
     let e = Env::new();
-    e.produce("t", &["--partitions", "2", "--key", "vehicle_id"], &telemetry(20, 0));
+    e.produce(
+        "t",
+        &["--partitions", "2", "--key", "vehicle_id"],
+        &telemetry(20, 0),
+    );
     let a = lines(&e.consume("t", &["--group", "g", "--max", "5"]));
     assert_eq!(a.len(), 5);
     let b = lines(&e.consume("t", &["--group", "g"]));
     assert_eq!(a.len() + b.len(), 20);
-    let seen: std::collections::BTreeSet<(u64, u64)> =
-        a.iter().chain(&b).map(|v| (v["partition"].as_u64().unwrap(), v["offset"].as_u64().unwrap())).collect();
+    let seen: std::collections::BTreeSet<(u64, u64)> = a
+        .iter()
+        .chain(&b)
+        .map(|v| {
+            (
+                v["partition"].as_u64().unwrap(),
+                v["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(seen.len(), 20);
     assert_eq!(e.consume("t", &["--group", "g"]), "");
     let desc = e.ok("logd", &["groups", "describe", "g", "--json"], b"");
     for v in lines(&desc) {
         assert_eq!(v["lag"], 0);
     }
-    e.ok("logd", &["groups", "reset", "g", "-t", "t", "--to", "earliest"], b"");
+    e.ok(
+        "logd",
+        &["groups", "reset", "g", "-t", "t", "--to", "earliest"],
+        b"",
+    );
     assert_eq!(lines(&e.consume("t", &["--group", "g"])).len(), 20);
     // --no-commit reads from the group but leaves it where it was.
-    e.ok("logd", &["groups", "reset", "g", "-t", "t", "--to", "earliest"], b"");
-    assert_eq!(lines(&e.consume("t", &["--group", "g", "--no-commit"])).len(), 20);
-    assert_eq!(lines(&e.consume("t", &["--group", "g", "--no-commit"])).len(), 20);
+    e.ok(
+        "logd",
+        &["groups", "reset", "g", "-t", "t", "--to", "earliest"],
+        b"",
+    );
+    assert_eq!(
+        lines(&e.consume("t", &["--group", "g", "--no-commit"])).len(),
+        20
+    );
+    assert_eq!(
+        lines(&e.consume("t", &["--group", "g", "--no-commit"])).len(),
+        20
+    );
 }
 
 /// A follower fed by a concurrent producer sees each record promptly and ends on SIGTERM.
@@ -290,7 +475,10 @@ fn follow_sees_a_concurrent_producer() {
     let e = Env::new();
     e.produce("t", &["--partitions", "2"], "{\"n\":0}\n");
     let mut follower = e
-        .cmd("consume", &["-t", "t", "--follow", "--value", "--group", "f"])
+        .cmd(
+            "consume",
+            &["-t", "t", "--follow", "--value", "--group", "f"],
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -299,7 +487,11 @@ fn follow_sees_a_concurrent_producer() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "{\"n\":0}\n");
-    let mut producer = e.cmd("produce", &["-t", "t", "-q", "--fsync", "never"]).stdin(Stdio::piped()).spawn().unwrap();
+    let mut producer = e
+        .cmd("produce", &["-t", "t", "-q", "--fsync", "never"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut pin = producer.stdin.take().unwrap();
     for n in 1..=20 {
         writeln!(pin, "{{\"n\":{n}}}").unwrap();
@@ -313,7 +505,11 @@ fn follow_sees_a_concurrent_producer() {
     }
     drop(pin);
     assert!(producer.wait().unwrap().success());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(follower.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follower.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = follower.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     // It committed what it wrote.
@@ -328,7 +524,11 @@ fn follow_sees_a_concurrent_producer() {
 fn group_resumes_after_sigkill() {
     let e = Env::new();
     e.produce("t", &[], &telemetry(200_000, 0));
-    let mut c = e.cmd("consume", &["-t", "t", "--group", "k", "--value"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut c = e
+        .cmd("consume", &["-t", "t", "--group", "k", "--value"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut out = BufReader::new(c.stdout.take().unwrap());
     let mut first = Vec::new();
     let mut line = String::new();
@@ -355,9 +555,16 @@ fn group_resumes_after_sigkill() {
         }
         first.push(line.clone());
     }
-    let committed: u64 = lines(&e.ok("logd", &["groups", "describe", "k", "--json"], b""))[0]["committed"].as_u64().unwrap();
+    let committed: u64 = lines(&e.ok("logd", &["groups", "describe", "k", "--json"], b""))[0]
+        ["committed"]
+        .as_u64()
+        .unwrap();
     assert!(committed > 0, "no commit happened before the kill");
-    assert!(committed <= first.len() as u64, "committed {committed} > written {}", first.len());
+    assert!(
+        committed <= first.len() as u64,
+        "committed {committed} > written {}",
+        first.len()
+    );
     let rest = e.consume("t", &["--group", "k", "--value"]);
     let all = e.consume("t", &["--value"]);
     let all: Vec<&str> = all.lines().collect();
@@ -370,7 +577,11 @@ fn group_resumes_after_sigkill() {
 fn second_writer_is_refused_or_waits() {
     let e = Env::new();
     e.produce("t", &[], "{\"a\":0}\n");
-    let mut first = e.cmd("produce", &["-t", "t", "-q"]).stdin(Stdio::piped()).spawn().unwrap();
+    let mut first = e
+        .cmd("produce", &["-t", "t", "-q"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut fin = first.stdin.take().unwrap();
     writeln!(fin, "{{\"a\":1}}").unwrap();
     fin.flush().unwrap();
@@ -382,7 +593,11 @@ fn second_writer_is_refused_or_waits() {
     let o = e.run("produce", &["-t", "t"], b"{\"a\":2}\n");
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("locked by another writer"));
-    let mut waiter = e.cmd("produce", &["-t", "t", "-q", "--wait-lock"]).stdin(Stdio::piped()).spawn().unwrap();
+    let mut waiter = e
+        .cmd("produce", &["-t", "t", "-q", "--wait-lock"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut win = waiter.stdin.take().unwrap();
     writeln!(win, "{{\"a\":3}}").unwrap();
     drop(win);
@@ -391,7 +606,10 @@ fn second_writer_is_refused_or_waits() {
     drop(fin);
     assert!(first.wait().unwrap().success());
     assert!(waiter.wait().unwrap().success());
-    assert_eq!(e.consume("t", &["--value"]), "{\"a\":0}\n{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n");
+    assert_eq!(
+        e.consume("t", &["--value"]),
+        "{\"a\":0}\n{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
+    );
 }
 
 #[test]
@@ -401,7 +619,11 @@ fn files_as_input_name_their_line() {
     let f2 = e.path("b.ndjson");
     std::fs::write(&f1, "{\"a\":1}\n").unwrap();
     std::fs::write(&f2, "{\"a\":2}\nnope\n").unwrap();
-    let o = e.run("produce", &["-t", "t", f1.to_str().unwrap(), f2.to_str().unwrap()], b"");
+    let o = e.run(
+        "produce",
+        &["-t", "t", f1.to_str().unwrap(), f2.to_str().unwrap()],
+        b"",
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("b.ndjson: line 2: invalid JSON"), "{err}");

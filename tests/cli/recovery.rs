@@ -24,15 +24,31 @@ fn truncating_the_last_frame_at_every_byte() {
         let e = Env::new();
         copy_dir(&base.log(), &e.log());
         let seg = e.log().join("topics/t/0").join(seg0.file_name().unwrap());
-        OpenOptions::new().write(true).open(&seg).unwrap().set_len(cut).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
         // A reader sees exactly the records before the torn frame, without an error.
         assert_eq!(e.consume("t", &["--value"]), before, "cut at {cut}");
         // A writer recovers and appends after them; nothing partial is ever served.
         e.produce("t", &[], "{\"after\":true}\n");
-        assert_eq!(e.consume("t", &["--value"]), format!("{before}{{\"after\":true}}\n"), "cut at {cut}");
+        assert_eq!(
+            e.consume("t", &["--value"]),
+            format!("{before}{{\"after\":true}}\n"),
+            "cut at {cut}"
+        );
         let v = e.run("logd", &["verify"], b"");
-        assert!(v.status.success(), "cut at {cut}: {}", String::from_utf8_lossy(&v.stdout));
-        let offs: Vec<u64> = lines(&e.consume("t", &[])).iter().map(|v| v["offset"].as_u64().unwrap()).collect();
+        assert!(
+            v.status.success(),
+            "cut at {cut}: {}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+        let offs: Vec<u64> = lines(&e.consume("t", &[]))
+            .iter()
+            .map(|v| v["offset"].as_u64().unwrap())
+            .collect();
         assert_eq!(offs, (0..51).collect::<Vec<_>>());
     }
 }
@@ -43,7 +59,12 @@ fn zero_filled_tail_is_not_a_record() {
     let (before, _) = two_runs(&e);
     let seg = segment_files(&e.log().join("topics/t/0"), "log")[0].clone();
     let len = fs::metadata(&seg).unwrap().len();
-    OpenOptions::new().write(true).open(&seg).unwrap().set_len(len + 8192).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len + 8192)
+        .unwrap();
     let all = e.consume("t", &["--value"]);
     assert!(all.starts_with(&before));
     assert_eq!(all.lines().count(), 53);
@@ -66,12 +87,21 @@ fn a_flipped_byte_is_reported_and_never_served() {
     let v = e.run("logd", &["verify"], b"");
     assert_eq!(v.status.code(), Some(1));
     let report = String::from_utf8_lossy(&v.stdout);
-    assert!(report.contains("DAMAGE") && report.contains("position 32") && report.contains("CRC"), "{report}");
-    assert!(report.contains(seg.file_name().unwrap().to_str().unwrap()), "{report}");
+    assert!(
+        report.contains("DAMAGE") && report.contains("position 32") && report.contains("CRC"),
+        "{report}"
+    );
+    assert!(
+        report.contains(seg.file_name().unwrap().to_str().unwrap()),
+        "{report}"
+    );
     let c = e.run("consume", &["-t", "t", "--value"], b"");
     assert_eq!(c.status.code(), Some(1));
     let err = String::from_utf8_lossy(&c.stderr);
-    assert!(err.contains("position 32") && err.contains("offset 0"), "{err}");
+    assert!(
+        err.contains("position 32") && err.contains("offset 0"),
+        "{err}"
+    );
     assert!(c.stdout.is_empty());
     // Damage after some good frames: the good records come out, then the error.
     let e2 = Env::new();
@@ -93,14 +123,21 @@ fn a_flipped_byte_is_reported_and_never_served() {
 #[test]
 fn deleted_and_damaged_indexes_are_rebuilt() {
     let e = Env::new();
-    e.ok("logd", &["topics", "create", "t", "--segment-bytes", "8192"], b"");
+    e.ok(
+        "logd",
+        &["topics", "create", "t", "--segment-bytes", "8192"],
+        b"",
+    );
     for i in 0..5 {
         e.produce("t", &["--ts", "ts"], &telemetry(100, i * 100_000));
     }
     let dir = e.log().join("topics/t/0");
     let all = e.consume("t", &["--value"]);
     let want = e.consume("t", &["--from", "@250000", "--max", "3"]);
-    for f in segment_files(&dir, "index").into_iter().chain(segment_files(&dir, "timeindex")) {
+    for f in segment_files(&dir, "index")
+        .into_iter()
+        .chain(segment_files(&dir, "timeindex"))
+    {
         fs::remove_file(f).unwrap();
     }
     // Readers do without indexes.
@@ -114,7 +151,12 @@ fn deleted_and_damaged_indexes_are_rebuilt() {
     b[32 + 8] ^= 0x40;
     fs::write(&idx, &b).unwrap();
     let v = e.run("logd", &["verify"], b"");
-    assert_eq!(v.status.code(), Some(1), "{}", String::from_utf8_lossy(&v.stdout));
+    assert_eq!(
+        v.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
     assert_eq!(e.consume("t", &["--value"]), all);
     e.ok("logd", &["recover"], b"");
     assert!(e.run("logd", &["verify"], b"").status.success());
@@ -124,7 +166,11 @@ fn deleted_and_damaged_indexes_are_rebuilt() {
 #[test]
 fn roll_and_retention() {
     let e = Env::new();
-    e.ok("logd", &["topics", "create", "t", "--segment-bytes", "16KiB"], b"");
+    e.ok(
+        "logd",
+        &["topics", "create", "t", "--segment-bytes", "16KiB"],
+        b"",
+    );
     for i in 0..10 {
         e.produce("t", &["--ts", "ts"], &telemetry(200, i * 1_000_000));
     }
@@ -133,9 +179,20 @@ fn roll_and_retention() {
     assert!(n >= 5, "{n} segments");
     // A reader that has the oldest segment open keeps reading it while retention deletes it.
     let mut r = kappa::log::PartitionReader::open(&dir).unwrap();
-    let first = r.next_frame().unwrap().unwrap().records().next().unwrap().offset;
+    let first = r
+        .next_frame()
+        .unwrap()
+        .unwrap()
+        .records()
+        .next()
+        .unwrap()
+        .offset;
     assert_eq!(first, 0);
-    e.ok("logd", &["topics", "alter", "t", "--retention-bytes", "40KiB"], b"");
+    e.ok(
+        "logd",
+        &["topics", "alter", "t", "--retention-bytes", "40KiB"],
+        b"",
+    );
     let out = e.ok("logd", &["retention"], b"");
     assert!(out.contains("retention deleted segment"), "{out}");
     let left = segment_files(&dir, "log");
@@ -151,12 +208,27 @@ fn roll_and_retention() {
     }
     assert!(count > 0);
     // Consumers start at the earliest record kept.
-    let offs: Vec<u64> = lines(&e.consume("t", &[])).iter().map(|v| v["offset"].as_u64().unwrap()).collect();
+    let offs: Vec<u64> = lines(&e.consume("t", &[]))
+        .iter()
+        .map(|v| v["offset"].as_u64().unwrap())
+        .collect();
     assert_eq!(*offs.last().unwrap(), 1999);
     assert!(offs[0] > 0);
     assert_eq!(offs.len() as u64, 2000 - offs[0]);
     // Retention by age: every record is from 1970, so all sealed segments go.
-    e.ok("logd", &["topics", "alter", "t", "--retention-bytes", "none", "--retention-age", "1d"], b"");
+    e.ok(
+        "logd",
+        &[
+            "topics",
+            "alter",
+            "t",
+            "--retention-bytes",
+            "none",
+            "--retention-age",
+            "1d",
+        ],
+        b"",
+    );
     e.ok("logd", &["retention", "-t", "t"], b"");
     assert_eq!(segment_files(&dir, "log").len(), 1);
     assert!(e.run("logd", &["verify"], b"").status.success());
