@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks: kappa's tools beside baselines run in the same session on the same
+# file (cat, dd, jq), since the machine is shared and noisy. Each command runs RUNS times and
+# the best wall time is kept. Usage: scripts/bench.sh [RECORDS] (default 2,000,000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-2000000}
+runs=${RUNS:-3}
+cargo build --release --quiet
+bin="$PWD/target/release"
+work=${BENCH_DIR:-$(mktemp -d)}
+mkdir -p "$work"
+trap 'rm -rf "$work"' EXIT
+data="$work/telemetry.ndjson"
+scripts/gen-telemetry.sh "$n" > "$data"
+bytes=$(stat -c %s "$data")
+printf 'records: %d, bytes: %d (%.0f bytes/record), cores: %d\n\n' "$n" "$bytes" "$(echo "$bytes / $n" | bc -l)" "$(nproc)"
+
+best() { # best wall time in seconds of "$@" run $runs times (after an optional setup via $SETUP)
+  local b=""
+  for _ in $(seq "$runs"); do
+    [ -n "${SETUP:-}" ] && eval "$SETUP"
+    local s e
+    s=$(date +%s.%N)
+    eval "$@" > /dev/null
+    e=$(date +%s.%N)
+    local t
+    t=$(echo "$e - $s" | bc -l)
+    if [ -z "$b" ] || (( $(echo "$t < $b" | bc -l) )); then b=$t; fi
+  done
+  echo "$b"
+}
+
+row() { # name seconds
+  printf '%-58s %7.3f s %10.0f rec/s %8.1f MB/s\n' "$1" "$2" "$(echo "$n / $2" | bc -l)" "$(echo "$bytes / $2 / 1000000" | bc -l)"
+}
+
+echo "== baselines"
+t_cat=$(best "cat '$data'"); row "cat FILE > /dev/null" "$t_cat"
+t_dd=$(best "cat '$data' | dd of='$work/copy' bs=64K status=none"); row "cat FILE | dd of=X bs=64K" "$t_dd"
+if command -v jq >/dev/null; then t_jq=$(best "jq -c . '$data'"); row "jq -c . FILE" "$t_jq"; fi
+
+echo "== produce --key vehicle_id --ts ts (validates every line as a JSON object)"
+log="$work/log"
+SETUP="rm -rf '$log'"
+t_pn=$(best "'$bin/produce' --log '$log' -q -t t --key vehicle_id --ts ts --fsync never '$data'"); row "produce --fsync never" "$t_pn"
+t_pb=$(best "'$bin/produce' --log '$log' -q -t t --key vehicle_id --ts ts --fsync batch '$data'"); row "produce --fsync batch" "$t_pb"
+t_pp=$(best "cat '$data' | '$bin/produce' --log '$log' -q -t t --key vehicle_id --ts ts --fsync batch"); row "cat FILE | produce --fsync batch" "$t_pp"
+t_p4=$(best "'$bin/produce' --log '$log' -q -t t --partitions 4 --key vehicle_id --ts ts --fsync batch '$data'"); row "produce --fsync batch, 4 partitions" "$t_p4"
+unset SETUP
+
+echo "== consume (one partition holding all records)"
+rm -rf "$log"; "$bin/produce" --log "$log" -q -t t --key vehicle_id --ts ts --fsync never "$data"
+t_cv=$(best "'$bin/consume' --log '$log' -t t --value"); row "consume --value > /dev/null" "$t_cv"
+t_cw=$(best "'$bin/consume' --log '$log' -t t --value | wc -l"); row "consume --value | wc -l" "$t_cw"
+t_ce=$(best "'$bin/consume' --log '$log' -t t"); row "consume (envelopes) > /dev/null" "$t_ce"
+t_cat_wc=$(best "cat '$data' | wc -l"); row "baseline: cat FILE | wc -l" "$t_cat_wc"
+
+echo "== produce | consume --follow latency (--fsync never, 2000 records, 1 ms apart)"
+python3 - "$bin" "$work/lat" <<'PY'
+import subprocess, sys, time, threading, os
+bin, log = sys.argv[1], sys.argv[2]
+subprocess.run([f"{bin}/produce", "--log", log, "-q", "-t", "lat"], input=b'{"warm":1}\n', check=True)
+c = subprocess.Popen([f"{bin}/consume", "--log", log, "-t", "lat", "--from", "latest", "--follow", "--value"], stdout=subprocess.PIPE)
+time.sleep(0.5)
+p = subprocess.Popen([f"{bin}/produce", "--log", log, "-q", "-t", "lat", "--fsync", "never"], stdin=subprocess.PIPE)
+n = 2000
+sent = {}
+lat = []
+def reader():
+    for _ in range(n):
+        line = c.stdout.readline()
+        now = time.perf_counter_ns()
+        i = int(line.split(b'"i":')[1].split(b'}')[0])
+        lat.append((now - sent[i]) / 1e6)
+t = threading.Thread(target=reader); t.start()
+for i in range(n):
+    sent[i] = time.perf_counter_ns()
+    p.stdin.write(b'{"i":%d}\n' % i); p.stdin.flush()
+    time.sleep(0.001)
+t.join(); p.stdin.close(); p.wait(); c.terminate(); c.wait()
+lat.sort()
+print(f"latency over {n} records: p50 {lat[n//2]:.3f} ms, p99 {lat[int(n*0.99)]:.3f} ms, max {lat[-1]:.3f} ms")
+PY
