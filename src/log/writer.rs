@@ -671,7 +671,9 @@ mod tests {
     use crate::log::reader::PartitionReader;
     use proptest::prelude::*;
 
-    fn read_all(dir: &Path) -> Vec<(u64, i64, Option<Vec<u8>>, Vec<u8>)> {
+    type Row = (u64, i64, Option<Vec<u8>>, Vec<u8>);
+
+    fn read_all(dir: &Path) -> Vec<Row> {
         let mut r = PartitionReader::open(dir).unwrap();
         let mut out = Vec::new();
         while let Some(f) = r.next_frame().unwrap() {
