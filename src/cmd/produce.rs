@@ -489,12 +489,15 @@ impl Producer {
         let mut obj = Vec::with_capacity(rec.len() + 16 * headers.len());
         let cells: Vec<&str> = row.iter().collect();
         csvrow::write_object(&mut obj, headers, &cells);
-        match self.prepare(&obj) {
-            Ok(p) => {
+        let found = self
+            .prepare(&obj)
+            .map(|p| (p.key.map(|k| k.into_owned()), p.ts));
+        match found {
+            Ok((key, ts)) => {
                 let p = Prepared {
-                    key: p.key.map(|k| Cow::Owned(k.into_owned())),
-                    ts: p.ts,
-                    value: Cow::Owned(obj.clone()),
+                    key: key.map(Cow::Owned),
+                    ts,
+                    value: Cow::Owned(obj),
                     json: true,
                     headers: Cow::Borrowed(&[]),
                     header_count: 0,
