@@ -8,5 +8,6 @@ pub mod cmd;
 pub mod error;
 pub mod log;
 pub mod record;
+pub mod transform;
 
 pub use error::{Error, Result};

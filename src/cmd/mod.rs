@@ -3,3 +3,4 @@
 pub mod consume;
 pub mod logd;
 pub mod produce;
+pub mod transform;

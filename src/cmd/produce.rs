@@ -12,14 +12,13 @@ use crate::log::format::{RecordRef, MAX_RECORD_BYTES};
 use crate::log::partitioner::partition_for_key;
 use crate::log::{FsyncMode, Log, PartitionWriter, TopicConfig};
 use crate::record::fields::{self, FieldPath, RawText};
-use crate::record::lines::{LineReader, Next};
+use crate::record::lines::{LineReader, Next, StdinFile};
 use crate::record::{csvrow, envelope, time};
 use clap::{CommandFactory, Parser};
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::Read;
-use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -294,10 +293,7 @@ impl Producer {
     fn read_source(&mut self, path: &PathBuf, max: usize) -> Result<()> {
         let stdin = path.as_os_str() == "-";
         let (reader, fd, label): (Box<dyn Read>, Option<i32>, String) = if stdin {
-            // SAFETY: fd 0 is open for the life of the process; ManuallyDrop keeps it open.
-            let f = ManuallyDrop::new(unsafe { File::from_raw_fd(0) });
-            crate::cli::output::grow_pipe(&f);
-            (Box::new(StdinFile(f)), Some(0), String::new())
+            (Box::new(StdinFile::open()), Some(0), String::new())
         } else {
             let f = File::open(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
             let fd = f.as_raw_fd();
@@ -644,13 +640,4 @@ fn key_bytes<'a>(raw: &RawText<'a>) -> Option<Cow<'a, [u8]>> {
         }
     }
     fields::key_bytes(raw).map(Cow::Owned)
-}
-
-/// stdin as a plain file: no userspace buffer, so poll(2) sees exactly what is unread.
-struct StdinFile(ManuallyDrop<File>);
-
-impl Read for StdinFile {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
-    }
 }

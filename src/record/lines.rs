@@ -243,3 +243,22 @@ mod tests {
         assert_eq!(v[0].1, long);
     }
 }
+
+/// stdin as a plain file: no userspace buffer, so poll(2) sees exactly what is unread.
+pub struct StdinFile(std::mem::ManuallyDrop<std::fs::File>);
+
+impl StdinFile {
+    pub fn open() -> StdinFile {
+        use std::os::fd::FromRawFd;
+        // SAFETY: fd 0 is open for the life of the process; ManuallyDrop keeps it open.
+        let f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+        crate::cli::output::grow_pipe(&f);
+        StdinFile(f)
+    }
+}
+
+impl Read for StdinFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}

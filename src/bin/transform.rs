@@ -1,0 +1,5 @@
+//! `transform`: see `kappa::cmd::transform`.
+
+fn main() {
+    kappa::cli::main(kappa::cmd::transform::command(), kappa::cmd::transform::run)
+}

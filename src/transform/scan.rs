@@ -1,0 +1,362 @@
+//! A validating scan of one JSON object that records where each top-level member lies,
+//! without building values. It is what makes a record cheap to look into: `transform` finds
+//! the envelope's parts and a program's fields by position, and copies untouched bytes.
+//!
+//! The scan accepts exactly what [`super::value::parse`] accepts (strict JSON, the same depth
+//! limit), so a line is never good on one path and bad on the other. It also tells whether
+//! each value is *plain*: written back by jaq it would come out byte for byte the same
+//! (compact, no escapes, no duplicate keys, no `-0`), so its text can be copied as is.
+
+/// Nesting limit, the same as the value parser's.
+const MAX_DEPTH: usize = 512;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Null,
+    False,
+    True,
+    Num,
+    Str,
+    Arr,
+    Obj,
+}
+
+/// One top-level member: positions in the scanned text.
+#[derive(Clone, Copy, Debug)]
+pub struct Member {
+    /// The key's bytes between its quotes (still escaped when `key_escaped`).
+    pub key: (usize, usize),
+    pub key_escaped: bool,
+    /// Where the member starts (the key's opening quote) and its value's span.
+    pub from: usize,
+    pub start: usize,
+    pub end: usize,
+    pub kind: Kind,
+    /// The value's text is what jaq would write for it.
+    pub plain: bool,
+}
+
+impl Member {
+    pub fn value<'a>(&self, text: &'a [u8]) -> &'a [u8] {
+        &text[self.start..self.end]
+    }
+    /// The member's text from the key's quote to the end of the value.
+    pub fn whole<'a>(&self, text: &'a [u8]) -> &'a [u8] {
+        &text[self.from..self.end]
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Scan {
+    pub members: Vec<Member>,
+    /// The whole object is plain: compact, plain members, no escaped or repeated keys.
+    pub plain: bool,
+}
+
+impl Scan {
+    /// The member named `name` (the last one when a key repeats, as JSON readers keep).
+    pub fn get(&self, text: &[u8], name: &[u8]) -> Option<&Member> {
+        self.members.iter().rev().find(|m| key_is(text, m, name))
+    }
+}
+
+/// Whether member `m`'s key equals `name`, decoding escapes when the key has any.
+pub fn key_is(text: &[u8], m: &Member, name: &[u8]) -> bool {
+    let raw = &text[m.key.0..m.key.1];
+    if !m.key_escaped {
+        return raw == name;
+    }
+    let quoted = &text[m.key.0 - 1..m.key.1 + 1];
+    serde_json::from_slice::<String>(quoted).is_ok_and(|k| k.as_bytes() == name)
+}
+
+/// Scans `text`, which must hold one JSON object (whitespace around it allowed). False when
+/// it is not valid JSON or not an object; `out` is then unspecified.
+pub fn scan_object(text: &[u8], out: &mut Scan) -> bool {
+    out.members.clear();
+    let mut s = Scanner {
+        b: text,
+        i: 0,
+        plain: true,
+    };
+    s.ws();
+    if s.b.get(s.i) != Some(&b'{') {
+        return false;
+    }
+    let compact_start = s.i == 0;
+    s.i += 1;
+    let mut all_plain = compact_start;
+    s.ws();
+    if s.b.get(s.i) == Some(&b'}') {
+        s.i += 1;
+    } else {
+        loop {
+            s.ws();
+            let from = s.i;
+            let Some((k0, k1, esc)) = s.string() else {
+                return false;
+            };
+            s.ws();
+            if s.b.get(s.i) != Some(&b':') {
+                return false;
+            }
+            s.i += 1;
+            s.ws();
+            s.plain = true;
+            let start = s.i;
+            let Some(kind) = s.value(1) else {
+                return false;
+            };
+            let end = s.i;
+            all_plain &= s.plain && !esc && from + k1 - k0 + 3 == start;
+            out.members.push(Member {
+                key: (k0, k1),
+                key_escaped: esc,
+                from,
+                start,
+                end,
+                kind,
+                plain: s.plain,
+            });
+            let before = s.i;
+            s.ws();
+            all_plain &= before == s.i;
+            match s.b.get(s.i) {
+                Some(b',') => {
+                    s.i += 1;
+                    all_plain &= s.b.get(s.i) == Some(&b'"');
+                }
+                Some(b'}') => {
+                    s.i += 1;
+                    break;
+                }
+                _ => return false,
+            }
+        }
+    }
+    let end = s.i;
+    s.ws();
+    if s.i != text.len() {
+        return false;
+    }
+    let tight = match out.members.first() {
+        Some(m) => m.from == 1,
+        None => end == 2,
+    };
+    out.plain = all_plain && tight && end == text.len() && no_repeats(text, &out.members);
+    true
+}
+
+fn no_repeats(text: &[u8], members: &[Member]) -> bool {
+    let key = |m: &Member| &text[m.key.0..m.key.1];
+    members
+        .iter()
+        .enumerate()
+        .all(|(i, m)| members[..i].iter().all(|o| key(o) != key(m)))
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+    /// Cleared by anything jaq would write differently.
+    plain: bool,
+}
+
+impl Scanner<'_> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    /// A whitespace skip inside a value: any whitespace makes the value not plain.
+    fn ws_in(&mut self) {
+        let s = self.i;
+        self.ws();
+        if self.i != s {
+            self.plain = false;
+        }
+    }
+
+    /// A string at `i`; returns the span between the quotes and whether it has escapes.
+    fn string(&mut self) -> Option<(usize, usize, bool)> {
+        if self.b.get(self.i) != Some(&b'"') {
+            return None;
+        }
+        self.i += 1;
+        let start = self.i;
+        let mut esc = false;
+        loop {
+            let off = memchr::memchr3(b'"', b'\\', b'\n', &self.b[self.i..])?;
+            // Control characters are invalid inside strings; look for them in the stretch.
+            if self.b[self.i..self.i + off].iter().any(|&c| c < 0x20) {
+                return None;
+            }
+            self.i += off;
+            match self.b[self.i] {
+                b'"' => {
+                    self.i += 1;
+                    return Some((start, self.i - 1, esc));
+                }
+                b'\\' => {
+                    esc = true;
+                    match self.b.get(self.i + 1)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 2,
+                        b'u' => {
+                            let h = self.b.get(self.i + 2..self.i + 6)?;
+                            if !h.iter().all(u8::is_ascii_hexdigit) {
+                                return None;
+                            }
+                            self.i += 6;
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Option<Kind> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        let lit = |s: &mut Self, w: &[u8], k| {
+            s.b[s.i..].starts_with(w).then(|| {
+                s.i += w.len();
+                k
+            })
+        };
+        match *self.b.get(self.i)? {
+            b'"' => {
+                let (_, _, esc) = self.string()?;
+                if esc {
+                    self.plain = false;
+                }
+                Some(Kind::Str)
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = self.i;
+                self.i = super::value::number_end(self.b, start)?;
+                // jaq reads `-0` as the integer 0 and writes `0`.
+                if &self.b[start..self.i] == b"-0" {
+                    self.plain = false;
+                }
+                Some(Kind::Num)
+            }
+            b't' => lit(self, b"true", Kind::True),
+            b'f' => lit(self, b"false", Kind::False),
+            b'n' => lit(self, b"null", Kind::Null),
+            b'[' => {
+                self.i += 1;
+                self.ws_in();
+                if self.b.get(self.i) == Some(&b']') {
+                    self.i += 1;
+                    return Some(Kind::Arr);
+                }
+                loop {
+                    self.ws_in();
+                    self.value(depth + 1)?;
+                    self.ws_in();
+                    match self.b.get(self.i)? {
+                        b',' => self.i += 1,
+                        b']' => {
+                            self.i += 1;
+                            return Some(Kind::Arr);
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'{' => {
+                self.i += 1;
+                self.ws_in();
+                if self.b.get(self.i) == Some(&b'}') {
+                    self.i += 1;
+                    return Some(Kind::Obj);
+                }
+                let mut keys: Vec<(usize, usize)> = Vec::new();
+                loop {
+                    self.ws_in();
+                    let (k0, k1, esc) = self.string()?;
+                    if esc {
+                        self.plain = false;
+                    }
+                    let k = &self.b[k0..k1];
+                    if keys.iter().any(|&(a, b)| &self.b[a..b] == k) {
+                        self.plain = false;
+                    }
+                    keys.push((k0, k1));
+                    self.ws_in();
+                    if self.b.get(self.i)? != &b':' {
+                        return None;
+                    }
+                    self.i += 1;
+                    self.ws_in();
+                    self.value(depth + 1)?;
+                    self.ws_in();
+                    match self.b.get(self.i)? {
+                        b',' => self.i += 1,
+                        b'}' => {
+                            self.i += 1;
+                            return Some(Kind::Obj);
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The member `name` of the plain object `text` (used for nested paths like `.pos.lat`).
+pub fn find_in(text: &[u8], name: &[u8]) -> Option<(Kind, usize, usize)> {
+    let mut s = Scan::default();
+    if !scan_object(text, &mut s) {
+        return None;
+    }
+    s.get(text, name).map(|m| (m.kind, m.start, m.end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn plain(t: &str) -> Option<bool> {
+        let mut s = Scan::default();
+        scan_object(t.as_bytes(), &mut s).then_some(s.plain)
+    }
+
+    #[test]
+    fn plainness() {
+        assert_eq!(plain(r#"{"a":1,"b":[1,{"c":null}],"d":"é"}"#), Some(true));
+        assert_eq!(plain(r#"{"a": 1}"#), Some(false));
+        assert_eq!(plain(r#"{"a":"\n"}"#), Some(false));
+        assert_eq!(plain(r#"{"a":1,"a":2}"#), Some(false));
+        assert_eq!(plain(r#"{"a":{"b":1,"b":2}}"#), Some(false));
+        assert_eq!(plain(r#"{"a":-0}"#), Some(false));
+        assert_eq!(plain(r#"{"a":-0.0}"#), Some(true));
+        assert_eq!(plain(r#"{"a":[1, 2]}"#), Some(false));
+        assert_eq!(plain(r#"[1]"#), None);
+        assert_eq!(plain(r#"{"a":1,}"#), None);
+    }
+
+    proptest! {
+        /// The scan and the value parser agree on what is valid, and a plain object is
+        /// exactly what the writer gives back.
+        #[test]
+        fn agrees_with_the_parser(s in r#"\{("[a-c\\]{0,2}" ?: ?(-?[0-9]{1,2}(\.[0-9])?|"[xé\\n]{0,2}"|\[ ?\]|\{\}|true|null),?){0,3}\} ?"#) {
+            let mut sc = Scan::default();
+            let ok = scan_object(s.as_bytes(), &mut sc);
+            let parsed = super::super::value::parse(s.as_bytes());
+            prop_assert_eq!(ok, parsed.is_ok(), "{}", s);
+            if ok && sc.plain {
+                let mut out = Vec::new();
+                super::super::value::write(&mut out, &parsed.unwrap());
+                prop_assert_eq!(String::from_utf8(out).unwrap(), s);
+            }
+        }
+    }
+}
