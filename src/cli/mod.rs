@@ -15,7 +15,7 @@ use std::path::PathBuf;
 /// `tool: message` and exits with the documented code. Never returns.
 pub fn main<A: FromArgMatches>(cmd: Command, run: fn(A) -> crate::Result<()>) -> ! {
     let name = cmd.get_name().to_string();
-    let matches: ArgMatches = cmd.get_matches();
+    let matches: ArgMatches = cmd.get_matches_from(split_on_error(std::env::args_os()));
     let args = match A::from_arg_matches(&matches) {
         Ok(a) => a,
         Err(e) => e.exit(),
@@ -25,6 +25,25 @@ pub fn main<A: FromArgMatches>(cmd: Command, run: fn(A) -> crate::Result<()>) ->
         Err(e) => report(&name, &e),
     };
     std::process::exit(code)
+}
+
+/// `--on-error` takes a FILE only after `dead-letter`; clap would take any next word, so
+/// `--on-error skip PROGRAM` is rewritten to `--on-error=skip PROGRAM` before parsing.
+fn split_on_error(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut args = args.peekable();
+    while let Some(a) = args.next() {
+        if a == "--on-error" {
+            if let Some(mode) = args.next_if(|m| m != "dead-letter") {
+                let mut joined = std::ffi::OsString::from("--on-error=");
+                joined.push(mode);
+                out.push(joined);
+                continue;
+            }
+        }
+        out.push(a);
+    }
+    out
 }
 
 /// Prints an error the way every tool does and returns its exit code.

@@ -107,7 +107,7 @@ Examples:
   transform '.km = ([[.lat, .lon], [52.52, 13.405]] | haversine / 1000)'
   transform 'select($partition == 0 and $offset >= 100)'
   transform '.readings[] | {meter: .id, kwh}'
-  consume -t telemetry --follow | transform -f etl.jq | produce -t clean --envelope";
+  consume -t telemetry | transform -f etl.jq | produce -t clean --envelope";
 
 #[derive(Parser, Debug)]
 #[command(name = "transform", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = AFTER)]

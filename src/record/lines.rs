@@ -196,6 +196,25 @@ pub fn ready(fd: RawFd, timeout_ms: i32) -> bool {
     }
 }
 
+/// stdin as a plain file: no userspace buffer, so poll(2) sees exactly what is unread.
+pub struct StdinFile(std::mem::ManuallyDrop<std::fs::File>);
+
+impl StdinFile {
+    pub fn open() -> StdinFile {
+        use std::os::fd::FromRawFd;
+        // SAFETY: fd 0 is open for the life of the process; ManuallyDrop keeps it open.
+        let f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+        crate::cli::output::grow_pipe(&f);
+        StdinFile(f)
+    }
+}
+
+impl Read for StdinFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,7 +245,7 @@ mod tests {
     #[test]
     fn oversize_lines_are_bounded() {
         let mut input = b"ok\n".to_vec();
-        input.extend(std::iter::repeat(b'x').take(5 * CHUNK));
+        input.extend(std::iter::repeat_n(b'x', 5 * CHUNK));
         input.extend_from_slice(b"\nafter\n");
         let v = lines(&input, 100);
         assert_eq!(v.len(), 3);
@@ -241,24 +260,5 @@ mod tests {
         input.push(b'\n');
         let v = lines(&input, 4 * CHUNK);
         assert_eq!(v[0].1, long);
-    }
-}
-
-/// stdin as a plain file: no userspace buffer, so poll(2) sees exactly what is unread.
-pub struct StdinFile(std::mem::ManuallyDrop<std::fs::File>);
-
-impl StdinFile {
-    pub fn open() -> StdinFile {
-        use std::os::fd::FromRawFd;
-        // SAFETY: fd 0 is open for the life of the process; ManuallyDrop keeps it open.
-        let f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
-        crate::cli::output::grow_pipe(&f);
-        StdinFile(f)
-    }
-}
-
-impl Read for StdinFile {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
     }
 }

@@ -68,9 +68,12 @@ fn int(i: i64) -> Val {
     Val::Num(Num::from_integral(i))
 }
 
+/// A native filter before it is wrapped for the compiler.
+type Native = (&'static str, Box<[jaq_core::Bind]>, RunPtr<D>);
+
 /// Native filters: `tsms`, `tsms(fmt)`, `ms_iso`, `duration_ms`.
 pub fn funs() -> impl Iterator<Item = Fun<D>> {
-    let fs: [(&'static str, Box<[jaq_core::Bind]>, RunPtr<D>); 4] = [
+    let fs: [Native; 4] = [
         ("tsms", v(0), |cv| {
             bome(ts_ms(&cv.1, None).map(int).map_err(Error::str))
         }),

@@ -9,6 +9,7 @@ pub fn bin(tool: &str) -> PathBuf {
         "produce" => PathBuf::from(env!("CARGO_BIN_EXE_produce")),
         "consume" => PathBuf::from(env!("CARGO_BIN_EXE_consume")),
         "logd" => PathBuf::from(env!("CARGO_BIN_EXE_logd")),
+        "transform" => PathBuf::from(env!("CARGO_BIN_EXE_transform")),
         other => panic!("no tool {other}"),
     }
 }

@@ -6,3 +6,4 @@ mod logd;
 mod man;
 mod produce_consume;
 mod recovery;
+mod transform;

@@ -18,6 +18,7 @@ fn man_pages_are_fresh() {
         ("produce", kappa::cmd::produce::command()),
         ("consume", kappa::cmd::consume::command()),
         ("logd", kappa::cmd::logd::command()),
+        ("transform", kappa::cmd::transform::command()),
     ];
     let update = std::env::var_os("KAPPA_UPDATE_MAN").is_some();
     let mut stale = Vec::new();
@@ -39,7 +40,7 @@ fn man_pages_are_fresh() {
 
 #[test]
 fn help_works_for_every_tool() {
-    for tool in ["produce", "consume", "logd"] {
+    for tool in ["produce", "consume", "logd", "transform"] {
         let o = std::process::Command::new(crate::common::bin(tool))
             .arg("--help")
             .output()
