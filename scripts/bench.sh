@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks: kappa's tools beside baselines run in the same session on the same
 # file (cat, dd, jq), since the machine is shared and noisy. Each command runs RUNS times and
-# the best wall time is kept. Usage: scripts/bench.sh [RECORDS] (default 2,000,000).
+# the best wall time is kept (jq and mlr, much slower, run once). Usage: scripts/bench.sh [RECORDS] (default 2,000,000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000000}
@@ -79,6 +79,50 @@ for i in range(n):
     p.stdin.write(b'{"i":%d}\n' % i); p.stdin.flush()
     time.sleep(0.001)
 t.join(); p.stdin.close(); p.wait(); c.terminate(); c.wait()
+lat.sort()
+print(f"latency over {n} records: p50 {lat[n//2]:.3f} ms, p99 {lat[int(n*0.99)]:.3f} ms, max {lat[-1]:.3f} ms")
+PY
+
+echo "== transform: the same filter and map in transform, jq -c and mlr (slow peers run once)"
+filter='select(.speed > 80)'
+map='.speed_kmh = .speed * 1.609 | .alert = (.engine_temp > 95)'
+slow() { runs=1 best "$@"; }
+if command -v jq >/dev/null; then
+  t_jf=$(slow "jq -c '$filter' '$data'"); row "jq -c 'select(.speed > 80)'" "$t_jf"
+  t_jm=$(slow "jq -c '$map' '$data'"); row "jq -c '.speed_kmh = ... | .alert = ...'" "$t_jm"
+fi
+if command -v mlr >/dev/null; then
+  t_mf=$(slow "mlr --ijsonl --ojsonl filter '\$speed > 80' '$data'"); row "mlr filter '\$speed > 80'" "$t_mf"
+  t_mm=$(slow "mlr --ijsonl --ojsonl put '\$speed_kmh = \$speed * 1.609; \$alert = \$engine_temp > 95' '$data'"); row "mlr put (the same map)" "$t_mm"
+fi
+ratio() { # name seconds: the row, then the ratio to jq when jq ran
+  row "$1" "$2"
+  if [ -n "${3:-}" ]; then printf '%58s %7.1fx jq -c\n' "" "$(echo "$3 / $2" | bc -l)"; fi
+}
+for j in 1 2; do
+  t=$(best "'$bin/transform' -q -j $j '$filter' '$data'"); ratio "transform -j $j 'select(.speed > 80)'" "$t" "${t_jf:-}"
+  t=$(best "'$bin/transform' -q -j $j '$map' '$data'"); ratio "transform -j $j (the same map)" "$t" "${t_jm:-}"
+done
+for j in 1 2; do
+  t=$(slow "'$bin/transform' -q -j $j --no-fast-path '$filter' '$data'"); ratio "transform -j $j, every record through jaq: filter" "$t" "${t_jf:-}"
+  t=$(slow "'$bin/transform' -q -j $j --no-fast-path '$map' '$data'"); ratio "transform -j $j, every record through jaq: map" "$t" "${t_jm:-}"
+done
+rm -rf "$log"; "$bin/produce" --log "$log" -q -t t --key vehicle_id --ts ts --fsync never "$data"
+t=$(best "'$bin/consume' --log '$log' -t t | '$bin/transform' -q '$filter'"); row "consume | transform 'select(.speed > 80)' (envelopes)" "$t"
+
+echo "== transform latency: one record at a time into a live transform (2000 records, 1 ms apart)"
+python3 - "$bin" <<'PY'
+import subprocess, sys, time
+bin = sys.argv[1]
+t = subprocess.Popen([f"{bin}/transform", "-q", ".seen = true"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+n, lat = 2000, []
+for i in range(n):
+    s = time.perf_counter_ns()
+    t.stdin.write(b'{"i":%d}\n' % i); t.stdin.flush()
+    t.stdout.readline()
+    lat.append((time.perf_counter_ns() - s) / 1e6)
+    time.sleep(0.001)
+t.stdin.close(); t.wait()
 lat.sort()
 print(f"latency over {n} records: p50 {lat[n//2]:.3f} ms, p99 {lat[int(n*0.99)]:.3f} ms, max {lat[-1]:.3f} ms")
 PY

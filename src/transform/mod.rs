@@ -544,24 +544,47 @@ fn plan_fast(
     })
 }
 
-/// The parts of an envelope, when the object has a value member.
+/// The parts of an envelope, when the object has a value member. One pass over the
+/// members (this runs for every line in auto mode); the last of a repeated key wins.
 fn envelope_parts<'a>(line: &[u8], s: &'a Scan) -> Option<Env<'a>> {
-    let get = |n: &str| s.get(line, n.as_bytes());
-    let (value, value_name) = if let Some(v) = get("value") {
-        (v, "value")
-    } else if let Some(v) = get("value_str") {
-        (v, "value_str")
-    } else {
-        (get("value_base64")?, "value_base64")
+    let mut f: [Option<&'a Member>; 10] = [None; 10];
+    for m in &s.members {
+        let decoded;
+        let key: &[u8] = if m.key_escaped {
+            decoded = serde_json::from_slice::<String>(&line[m.key.0 - 1..m.key.1 + 1]).unwrap_or_default();
+            decoded.as_bytes()
+        } else {
+            &line[m.key.0..m.key.1]
+        };
+        let slot = match key {
+            b"topic" => 0,
+            b"partition" => 1,
+            b"offset" => 2,
+            b"ts" => 3,
+            b"key" => 4,
+            b"key_base64" => 5,
+            b"headers" => 6,
+            b"value" => 7,
+            b"value_str" => 8,
+            b"value_base64" => 9,
+            _ => continue,
+        };
+        f[slot] = Some(m);
+    }
+    let (value, value_name) = match (f[7], f[8], f[9]) {
+        (Some(v), _, _) => (v, "value"),
+        (None, Some(v), _) => (v, "value_str"),
+        (None, None, Some(v)) => (v, "value_base64"),
+        _ => return None,
     };
     Some(Env {
-        topic: get("topic"),
-        partition: get("partition"),
-        offset: get("offset"),
-        ts: get("ts"),
-        key: get("key"),
-        key_b64: get("key_base64"),
-        headers: get("headers"),
+        topic: f[0],
+        partition: f[1],
+        offset: f[2],
+        ts: f[3],
+        key: f[4],
+        key_b64: f[5],
+        headers: f[6],
         value,
         value_name,
     })

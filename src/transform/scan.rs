@@ -61,6 +61,7 @@ impl Scan {
 }
 
 /// Whether member `m`'s key equals `name`, decoding escapes when the key has any.
+#[inline]
 pub fn key_is(text: &[u8], m: &Member, name: &[u8]) -> bool {
     let raw = &text[m.key.0..m.key.1];
     if !m.key_escaped {
