@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: build kappa, make a sample fleet-telemetry dump, produce it into a log and read
-# it back from an offset and from a time.
+# The main job: build kappa, make a sample fleet-telemetry dump, produce it into a log, read it
+# back from an offset and from a time, and transform it into a clean topic (an ETL step with a
+# lookup table, validation and dead letters).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -33,6 +34,24 @@ consume -t telemetry --from -1 --format 'p%p o%o %k value %S bytes\n'
 step "a consumer group reads 10 records, then resumes where it stopped"
 consume -t telemetry --group demo --max 10 --value > /dev/null
 logd groups describe demo
+
+step "transform: speeding records, with each vehicle's depot joined in, into a topic"
+printf 'vehicle_id,depot\n' > "$work/depots.csv"
+for v in $(seq 0 499); do printf 'truck-%04d,depot-%d\n' "$v" $((v % 5)); done >> "$work/depots.csv"
+cat > "$work/etl.v1.jq" <<'JQ'
+# v1: speeding records in km/h, with the vehicle's depot and the hour they fall in
+select(.speed > 100)
+| .speed_kmh = (.speed * 1.609 | round)
+| .depot = $depots[.vehicle_id].depot
+| .hour = (.ts | ms_floor("1h") | ms_iso)
+JQ
+consume -t telemetry \
+  | transform -f "$work/etl.v1.jq" --lookup depots="$work/depots.csv" --on vehicle_id \
+      --require 'vehicle_id:string,speed:number,ts:timestamp' \
+      --on-error dead-letter "$work/bad.ndjson" \
+  | produce -t speeding --envelope
+consume -t speeding --max 2 --value
+consume -t speeding --csv --columns @partition,@offset,vehicle_id,depot,speed_kmh,hour --max 3
 
 step "every frame and index checked"
 logd verify
