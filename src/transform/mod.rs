@@ -551,7 +551,8 @@ fn envelope_parts<'a>(line: &[u8], s: &'a Scan) -> Option<Env<'a>> {
     for m in &s.members {
         let decoded;
         let key: &[u8] = if m.key_escaped {
-            decoded = serde_json::from_slice::<String>(&line[m.key.0 - 1..m.key.1 + 1]).unwrap_or_default();
+            decoded = serde_json::from_slice::<String>(&line[m.key.0 - 1..m.key.1 + 1])
+                .unwrap_or_default();
             decoded.as_bytes()
         } else {
             &line[m.key.0..m.key.1]
