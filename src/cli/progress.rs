@@ -12,15 +12,28 @@ fn is_pipe(fd: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether to draw: the explicit flags win, else the pipeline-position rule.
-pub fn wanted(force_on: bool, force_off: bool) -> bool {
-    if force_off {
-        return false;
+/// `--progress` / `--no-progress`, shared by every tool that draws one.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct ProgressArgs {
+    /// Draw a progress display even when stderr is not a terminal
+    #[arg(long, overrides_with = "no_progress")]
+    pub progress: bool,
+    /// Never draw a progress display
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl ProgressArgs {
+    /// Whether to draw: the explicit flags win, else the pipeline-position rule.
+    pub fn wanted(&self) -> bool {
+        if self.no_progress {
+            return false;
+        }
+        if self.progress {
+            return true;
+        }
+        std::io::stderr().is_terminal() && !(is_pipe(0) && is_pipe(1))
     }
-    if force_on {
-        return true;
-    }
-    std::io::stderr().is_terminal() && !(is_pipe(0) && is_pipe(1))
 }
 
 /// A spinner counting records, or a hidden bar when not wanted.

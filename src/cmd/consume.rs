@@ -111,12 +111,8 @@ pub struct Args {
     /// No messages on stderr
     #[arg(short, long)]
     pub quiet: bool,
-    /// Draw a progress display even when stderr is not a terminal
-    #[arg(long, overrides_with = "no_progress")]
-    pub progress: bool,
-    /// Never draw a progress display
-    #[arg(long)]
-    pub no_progress: bool,
+    #[command(flatten)]
+    pub progress: progress::ProgressArgs,
 }
 
 pub fn command() -> clap::Command {
@@ -287,7 +283,7 @@ pub fn run(a: Args) -> Result<()> {
         None
     };
     let mut out = Output::stdout();
-    let show = progress::wanted(a.progress, a.no_progress);
+    let show = a.progress.wanted();
     let pb = progress::records_spinner(show, "consume");
     let mut c = Consumer {
         topic: a.topic.clone(),

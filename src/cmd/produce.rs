@@ -131,12 +131,8 @@ pub struct Args {
     /// No summary on stderr
     #[arg(short, long)]
     pub quiet: bool,
-    /// Draw a progress display even when stderr is not a terminal
-    #[arg(long, overrides_with = "no_progress")]
-    pub progress: bool,
-    /// Never draw a progress display
-    #[arg(long)]
-    pub no_progress: bool,
+    #[command(flatten)]
+    pub progress: progress::ProgressArgs,
 }
 
 pub fn command() -> clap::Command {
@@ -245,7 +241,7 @@ pub fn run(a: Args) -> Result<()> {
         .filter_map(|(i, w)| w.as_ref().map(|w| (w.next_offset(), i as u32)))
         .min()
         .map_or(0, |(_, i)| i);
-    let show = progress::wanted(a.progress, a.no_progress);
+    let show = a.progress.wanted();
     let mut pr = Producer {
         topic,
         format,

@@ -160,12 +160,8 @@ pub struct Args {
     /// No summary on stderr
     #[arg(short, long)]
     pub quiet: bool,
-    /// Draw a progress display even when stderr is not a terminal
-    #[arg(long, overrides_with = "no_progress")]
-    pub progress: bool,
-    /// Never draw a progress display
-    #[arg(long)]
-    pub no_progress: bool,
+    #[command(flatten)]
+    pub progress: progress::ProgressArgs,
 }
 
 pub fn command() -> clap::Command {
@@ -276,7 +272,7 @@ pub fn run(a: Args) -> Result<()> {
         next_sub: 0,
         max,
     };
-    let pb = progress::records_spinner(progress::wanted(a.progress, a.no_progress), "transform");
+    let pb = progress::records_spinner(a.progress.wanted(), "transform");
     let started = Instant::now();
     let mut result = Ok(());
     for f in &files {

@@ -11,7 +11,7 @@
 //! listed here is not planned at all. Tests compare both paths on the same inputs.
 
 use super::scan::{find_in, Kind, Scan};
-use super::value::{number_end, write_bytes_str, write_f64};
+use super::value::{write_bytes_str, write_f64};
 use jaq_core::load::lex::StrPart;
 use jaq_core::load::parse::{BinaryOp, Term};
 use jaq_core::ops::{Cmp, Math};
@@ -50,6 +50,11 @@ impl V<'_> {
     }
     fn is_num(&self) -> bool {
         self.rank() == 2
+    }
+
+    /// A number's value as jaq converts it for arithmetic; None for other types.
+    pub fn as_f64(&self) -> Option<f64> {
+        float(self)
     }
 
     pub fn write(&self, out: &mut Vec<u8>) {
@@ -530,9 +535,4 @@ fn equal(l: &V, r: &V) -> Option<bool> {
         _ if l.is_num() => float_cmp(float(l)?, float(r)?) == Ordering::Equal,
         _ => order(l, r)? == Ordering::Equal,
     })
-}
-
-/// Whether `t` is a JSON number literal (for values given on the command line).
-pub fn is_number(t: &[u8]) -> bool {
-    number_end(t, 0) == Some(t.len())
 }

@@ -73,6 +73,8 @@ pub struct Engine {
     input: InputMode,
     whole: bool,
     require: Vec<require::Rule>,
+    /// --set-key or --set-ts: outputs of plain records become envelopes.
+    setting: bool,
 }
 
 /// Output lines of a batch of records, with where each ends.
@@ -95,9 +97,6 @@ impl Outputs {
 pub struct Scratch {
     top: Scan,
     val: Scan,
-    vals: Vec<Val>,
-    pub fast_hits: u64,
-    pub fast_misses: u64,
 }
 
 /// The parts of an envelope line.
@@ -156,6 +155,7 @@ impl Engine {
             input: spec.input,
             whole: spec.whole_envelope,
             require: spec.require,
+            setting: spec.set_key.is_some() || spec.set_ts.is_some(),
         })
     }
 
@@ -216,10 +216,10 @@ impl Engine {
             for r in &self.require {
                 r.check(line, top)?;
             }
-            return self.run_value(line, line, top, None, sc, out);
+            return self.run_value(line, line, top, None, out);
         };
         if self.whole {
-            return self.run_whole(line, &env, sc, out);
+            return self.run_whole(line, &env, out);
         }
         let vtext = env.value.value(line);
         let mut vscan = std::mem::take(&mut sc.val);
@@ -237,7 +237,7 @@ impl Engine {
                 vscan.members.clear();
                 vscan.plain = false;
             }
-            self.run_value(line, vtext, &vscan, Some(&env), sc, out)
+            self.run_value(line, vtext, &vscan, Some(&env), out)
         })();
         sc.val = vscan;
         r
@@ -250,7 +250,6 @@ impl Engine {
         text: &[u8],
         vs: &Scan,
         env: Option<&Env>,
-        sc: &mut Scratch,
         out: &mut Outputs,
     ) -> Result<(), String> {
         if let Some(fp) = &self.fast {
@@ -261,17 +260,15 @@ impl Engine {
                     Vec::new()
                 };
                 if let Some(done) = self.run_fast(fp, line, text, vs, env, &vars, out) {
-                    sc.fast_hits += 1;
                     return done;
                 }
-                sc.fast_misses += 1;
             }
         }
         let input = match env {
             Some(e) if e.value_name != "value" => string_member(line, e.value),
             _ => value::parse(text).map_err(|e| e.to_string())?,
         };
-        let vars = self.record_vars(line, env, sc)?;
+        let vars = self.record_vars(line, env);
         let outputs = self.eval(&self.main, input, vars.clone())?;
         for v in outputs {
             let key = match &self.set_key {
@@ -283,26 +280,10 @@ impl Engine {
                 Some(f) => ts_of(self.eval(f, v.clone(), vars.clone())?.into_iter().next())?,
             };
             let start = out.buf.len();
-            let mut vbuf = std::mem::take(&mut out.buf);
-            let split = write_head(
-                &mut vbuf,
-                line,
-                env,
-                &key,
-                ts,
-                self.set_key.is_some() || self.set_ts.is_some(),
-            );
-            value::write(&mut vbuf, &v);
-            write_tail(
-                &mut vbuf,
-                line,
-                env,
-                &key,
-                ts,
-                self.set_key.is_some() || self.set_ts.is_some(),
-            );
-            vbuf.push(b'\n');
-            out.buf = vbuf;
+            let split = write_head(&mut out.buf, line, env, &key, ts, self.setting);
+            value::write(&mut out.buf, &v);
+            write_tail(&mut out.buf, line, env, self.setting);
+            out.buf.push(b'\n');
             out.outs
                 .push((out.buf.len(), split.map_or(0, |s| start + s)));
         }
@@ -342,10 +323,7 @@ impl Engine {
                 fast::V::Null => None,
                 fast::V::Int(i) => Some(crate::record::time::epoch_int_to_ms(i as i64)),
                 v @ (fast::V::Float(_) | fast::V::Dec(_)) => {
-                    let mut t = Vec::new();
-                    v.write(&mut t);
-                    let f: f64 = std::str::from_utf8(&t).ok()?.parse().ok()?;
-                    Some(crate::record::time::epoch_to_ms(f)?)
+                    Some(crate::record::time::epoch_to_ms(v.as_f64()?)?)
                 }
                 fast::V::Str(s) => {
                     Some(crate::record::time::parse_text(std::str::from_utf8(&s).ok()?).ok()?)
@@ -353,11 +331,10 @@ impl Engine {
                 _ => return None,
             },
         };
-        let setting = fp.key.is_some() || fp.ts.is_some();
         let start = out.buf.len();
-        let split = write_head(&mut out.buf, line, env, &key, ts, setting);
+        let split = write_head(&mut out.buf, line, env, &key, ts, self.setting);
         obj.write(&mut out.buf);
-        write_tail(&mut out.buf, line, env, &key, ts, setting);
+        write_tail(&mut out.buf, line, env, self.setting);
         out.buf.push(b'\n');
         out.outs
             .push((out.buf.len(), split.map_or(0, |s| start + s)));
@@ -365,15 +342,9 @@ impl Engine {
     }
 
     /// `--envelope`: the program maps the whole envelope to envelopes.
-    fn run_whole(
-        &self,
-        line: &[u8],
-        env: &Env,
-        sc: &mut Scratch,
-        out: &mut Outputs,
-    ) -> Result<(), String> {
+    fn run_whole(&self, line: &[u8], env: &Env, out: &mut Outputs) -> Result<(), String> {
         let input = value::parse(line).map_err(|e| e.to_string())?;
-        let vars = self.record_vars(line, Some(env), sc)?;
+        let vars = self.record_vars(line, Some(env));
         for v in self.eval(&self.main, input, vars)? {
             let Val::Obj(o) = &v else {
                 return Err(format!(
@@ -416,14 +387,8 @@ impl Engine {
         Ok(())
     }
 
-    fn record_vars(
-        &self,
-        line: &[u8],
-        env: Option<&Env>,
-        sc: &mut Scratch,
-    ) -> Result<Vars<Val>, String> {
-        let vals = &mut sc.vals;
-        vals.clear();
+    fn record_vars(&self, line: &[u8], env: Option<&Env>) -> Vars<Val> {
+        let mut vals = Vec::with_capacity(RECORD_VARS.len() + self.statics.len());
         match env {
             None => vals.extend(std::iter::repeat_n(Val::Null, RECORD_VARS.len())),
             Some(e) => {
@@ -446,7 +411,7 @@ impl Engine {
             }
         }
         vals.extend(self.statics.iter().cloned());
-        Ok(Vars::new(vals.iter().cloned()))
+        Vars::new(vals)
     }
 
     fn eval(&self, f: &Filter, input: Val, vars: Vars<Val>) -> Result<Vec<Val>, String> {
@@ -455,7 +420,14 @@ impl Engine {
         for r in f.id.run((ctx, input)) {
             match jaq_core::unwrap_valr(r) {
                 Ok(v) => outs.push(v),
-                Err(e) => return Err(format!("jq error: {}", error_text(&e))),
+                // A string error (`error("...")`, jaq's own messages) reads bare, as in jq.
+                Err(e) => {
+                    let msg = match e.into_val() {
+                        Val::TStr(t) | Val::BStr(t) => String::from_utf8_lossy(&t).into_owned(),
+                        other => value::to_text(&other),
+                    };
+                    return Err(format!("jq error: {msg}"));
+                }
             }
         }
         Ok(outs)
@@ -704,14 +676,7 @@ fn write_key_ts(
 }
 
 /// Closes an envelope opened by [`write_head`] (headers after the value, as consume does).
-fn write_tail(
-    out: &mut Vec<u8>,
-    line: &[u8],
-    env: Option<&Env>,
-    _key: &KeyOut,
-    _ts: Option<i64>,
-    setting: bool,
-) {
+fn write_tail(out: &mut Vec<u8>, line: &[u8], env: Option<&Env>, setting: bool) {
     match env {
         Some(e) => {
             if let Some(h) = e.headers {
@@ -748,11 +713,6 @@ fn ts_of(v: Option<Val>) -> Result<Option<i64>, String> {
         None | Some(Val::Null) => Ok(None),
         Some(v) => builtins::ts_ms(&v, None).map(Some),
     }
-}
-
-fn error_text(e: &jaq_core::Error<Val>) -> String {
-    // jaq's errors display their value; strings come out bare, as jq prints them.
-    e.to_string()
 }
 
 fn not_an_object(line: &[u8]) -> String {

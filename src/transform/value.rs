@@ -7,6 +7,7 @@
 //! integer literal that fits is an integer, any other literal keeps its text until arithmetic
 //! needs its value, so `81.50` passes through a program unchanged.
 
+use crate::record::json::write_str;
 use jaq_core::ValT;
 use jaq_json::{Map, Num, Rc, Val};
 
@@ -339,40 +340,12 @@ pub fn write_f64(out: &mut Vec<u8>, f: f64) {
 }
 
 /// A string value; bytes that are not UTF-8 are replaced, as JSON text must be UTF-8.
+/// (The shared escaper writes exactly what jaq's strings need: quote, backslash, controls.)
 pub fn write_bytes_str(out: &mut Vec<u8>, s: &[u8]) {
     match std::str::from_utf8(s) {
         Ok(s) => write_str(out, s),
         Err(_) => write_str(out, &String::from_utf8_lossy(s)),
     }
-}
-
-/// Escapes only what JSON requires (quote, backslash, control characters).
-pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    let b = s.as_bytes();
-    let mut from = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let esc: &[u8] = match c {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&b[from..i]);
-        if esc.is_empty() {
-            out.extend_from_slice(format!("\\u{c:04x}").as_bytes());
-        } else {
-            out.extend_from_slice(esc);
-        }
-        from = i + 1;
-    }
-    out.extend_from_slice(&b[from..]);
-    out.push(b'"');
 }
 
 #[cfg(test)]
