@@ -9,5 +9,6 @@ pub mod error;
 pub mod log;
 pub mod record;
 pub mod transform;
+pub mod window;
 
 pub use error::{Error, Result};

@@ -27,15 +27,17 @@ pub fn main<A: FromArgMatches>(cmd: Command, run: fn(A) -> crate::Result<()>) ->
     std::process::exit(code)
 }
 
-/// `--on-error` takes a FILE only after `dead-letter`; clap would take any next word, so
-/// `--on-error skip PROGRAM` is rewritten to `--on-error=skip PROGRAM` before parsing.
+/// `--on-error` (and `window --late`) take a FILE only after `dead-letter`; clap would take
+/// any next word, so `--on-error skip PROGRAM` is rewritten to `--on-error=skip PROGRAM`
+/// before parsing.
 fn split_on_error(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let mut out = Vec::new();
     let mut args = args.peekable();
     while let Some(a) = args.next() {
-        if a == "--on-error" {
+        if a == "--on-error" || a == "--late" {
             if let Some(mode) = args.next_if(|m| m != "dead-letter") {
-                let mut joined = std::ffi::OsString::from("--on-error=");
+                let mut joined = a.clone();
+                joined.push("=");
                 joined.push(mode);
                 out.push(joined);
                 continue;

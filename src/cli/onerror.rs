@@ -142,3 +142,23 @@ impl BadRecords {
         Ok(())
     }
 }
+
+/// The topic, partition and offset of an envelope line, for dead letters.
+pub fn provenance_of(line: &[u8]) -> Option<(String, u32, u64)> {
+    let mut s = crate::record::scan::Scan::default();
+    if std::str::from_utf8(line).is_err() || !crate::record::scan::scan_object(line, &mut s) {
+        return None;
+    }
+    let topic: String = serde_json::from_slice(s.get(line, b"topic")?.value(line)).ok()?;
+    let num = |k: &[u8]| -> Option<u64> {
+        std::str::from_utf8(s.get(line, k)?.value(line))
+            .ok()?
+            .parse()
+            .ok()
+    };
+    Some((
+        topic,
+        u32::try_from(num(b"partition")?).ok()?,
+        num(b"offset")?,
+    ))
+}

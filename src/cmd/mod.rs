@@ -4,3 +4,4 @@ pub mod consume;
 pub mod logd;
 pub mod produce;
 pub mod transform;
+pub mod window;

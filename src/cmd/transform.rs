@@ -11,7 +11,7 @@ use crate::cli::{self, progress};
 use crate::error::{setup, usage, Error, Result};
 use crate::record::lines::{LineReader, Next, StdinFile};
 use crate::record::time;
-use crate::transform::{lookup, require, scan, value, Engine, InputMode, Outputs, Scratch, Spec};
+use crate::transform::{lookup, require, value, Engine, InputMode, Outputs, Scratch, Spec};
 use clap::{ArgAction, CommandFactory, Parser};
 use jaq_json::Val;
 use rayon::prelude::*;
@@ -492,7 +492,7 @@ fn write(
         w.counts.read += 1;
         if let Some(err) = &d.error {
             let input = &batch.text[s..e];
-            let prov = provenance(input);
+            let prov = crate::cli::onerror::provenance_of(input);
             let p = prov.as_ref().map(|(t, p, o)| Provenance {
                 topic: t,
                 partition: *p,
@@ -539,26 +539,6 @@ fn write(
         w.out.record_done()?;
     }
     Ok(())
-}
-
-/// The topic, partition and offset of an envelope line, for dead letters.
-fn provenance(line: &[u8]) -> Option<(String, u32, u64)> {
-    let mut s = scan::Scan::default();
-    if std::str::from_utf8(line).is_err() || !scan::scan_object(line, &mut s) {
-        return None;
-    }
-    let topic: String = serde_json::from_slice(s.get(line, b"topic")?.value(line)).ok()?;
-    let num = |k: &[u8]| -> Option<u64> {
-        std::str::from_utf8(s.get(line, k)?.value(line))
-            .ok()?
-            .parse()
-            .ok()
-    };
-    Some((
-        topic,
-        u32::try_from(num(b"partition")?).ok()?,
-        num(b"offset")?,
-    ))
 }
 
 fn summary(w: &Writer, secs: f64) {

@@ -40,7 +40,11 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// Replaces `path` with `bytes` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    // A bare file name has an empty parent: the current directory.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("meta");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let r = (|| {

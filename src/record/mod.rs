@@ -1,5 +1,5 @@
 //! The record stream that flows in pipes, and the codecs between it and bytes: envelopes
-//! (`envelope`), fields pulled out of NDJSON objects without building them (`fields`), CSV
+//! (`envelope`), fields pulled out of NDJSON objects without building them (`fields`), a validating scan of an object's members (`scan`), CSV
 //! rows as typed JSON objects (`csvrow`), line splitting with bounded memory (`lines`),
 //! kcat-like output templates (`template`) and timestamps (`time`).
 
@@ -8,5 +8,6 @@ pub mod envelope;
 pub mod fields;
 pub mod json;
 pub mod lines;
+pub mod scan;
 pub mod template;
 pub mod time;

@@ -10,8 +10,8 @@
 //! which then yields the value or the error jq would. A program with any construct not
 //! listed here is not planned at all. Tests compare both paths on the same inputs.
 
-use super::scan::{find_in, Kind, Scan};
 use super::value::{write_bytes_str, write_f64};
+use crate::record::scan::{find_in, Kind, Scan};
 use jaq_core::load::lex::StrPart;
 use jaq_core::load::parse::{BinaryOp, Term};
 use jaq_core::ops::{Cmp, Math};

@@ -3,9 +3,9 @@
 //! text, so `$depots[.vehicle_id]` joins a record with its row (null when there is none).
 //! A repeated key is an error naming both lines: a join must not pick a row silently.
 
-use super::scan::{self, Kind, Scan};
 use super::value;
 use crate::record::csvrow;
+use crate::record::scan::{self, Kind, Scan};
 use jaq_json::{Map, Val};
 use std::collections::HashMap;
 use std::path::Path;

@@ -12,15 +12,15 @@ pub mod builtins;
 pub mod fast;
 pub mod lookup;
 pub mod require;
-pub mod scan;
+
 pub mod value;
 
 use crate::record::json::write_str;
+use crate::record::scan::{self, Kind, Member, Scan};
 use builtins::D;
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{Compiler, Ctx, Vars};
 use jaq_json::{Num, Val};
-use scan::{Kind, Member, Scan};
 use std::borrow::Cow;
 
 type Filter = jaq_core::Filter<D>;
@@ -715,7 +715,8 @@ fn ts_of(v: Option<Val>) -> Result<Option<i64>, String> {
     }
 }
 
-fn not_an_object(line: &[u8]) -> String {
+/// Why a line that did not scan as an object is bad (the parser names the column).
+pub fn not_an_object(line: &[u8]) -> String {
     match value::parse(line) {
         Err(e) => e.to_string(),
         Ok(_) => "expected a JSON object".into(),

@@ -2,7 +2,7 @@
 //! wrong type are bad records, handled by `--on-error`. Checked on the input value before
 //! the program runs, by position in the record's text (no values are built).
 
-use super::scan::{self, Kind, Scan};
+use crate::record::scan::{self, Kind, Scan};
 use crate::record::time;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,7 @@ pub fn bin(tool: &str) -> PathBuf {
         "consume" => PathBuf::from(env!("CARGO_BIN_EXE_consume")),
         "logd" => PathBuf::from(env!("CARGO_BIN_EXE_logd")),
         "transform" => PathBuf::from(env!("CARGO_BIN_EXE_transform")),
+        "window" => PathBuf::from(env!("CARGO_BIN_EXE_window")),
         other => panic!("no tool {other}"),
     }
 }

@@ -7,3 +7,4 @@ mod man;
 mod produce_consume;
 mod recovery;
 mod transform;
+mod window;

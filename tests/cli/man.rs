@@ -19,6 +19,7 @@ fn man_pages_are_fresh() {
         ("consume", kappa::cmd::consume::command()),
         ("logd", kappa::cmd::logd::command()),
         ("transform", kappa::cmd::transform::command()),
+        ("window", kappa::cmd::window::command()),
     ];
     let update = std::env::var_os("KAPPA_UPDATE_MAN").is_some();
     let mut stale = Vec::new();
