@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks: kappa's tools beside baselines run in the same session on the same
 # file (cat, dd, jq), since the machine is shared and noisy. Each command runs RUNS times and
-# the best wall time is kept (jq and mlr, much slower, run once). Usage: scripts/bench.sh [RECORDS] (default 2,000,000).
+# the best wall time is kept (jq and mlr, much slower, run once). Usage: scripts/bench.sh [RECORDS]
+# (default 2,000,000). ONLY="window transform" runs just those sections (after the baselines);
+# the sections are produce, consume, latency, transform and window.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000000}
@@ -35,11 +37,14 @@ row() { # name seconds
   printf '%-58s %7.3f s %10.0f rec/s %8.1f MB/s\n' "$1" "$2" "$(echo "$n / $2" | bc -l)" "$(echo "$bytes / $2 / 1000000" | bc -l)"
 }
 
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
+
 echo "== baselines"
 t_cat=$(best "cat '$data'"); row "cat FILE > /dev/null" "$t_cat"
 t_dd=$(best "cat '$data' | dd of='$work/copy' bs=64K status=none"); row "cat FILE | dd of=X bs=64K" "$t_dd"
 if command -v jq >/dev/null; then t_jq=$(best "jq -c . '$data'"); row "jq -c . FILE" "$t_jq"; fi
 
+if want produce; then
 echo "== produce --key vehicle_id --ts ts (validates every line as a JSON object)"
 log="$work/log"
 SETUP="rm -rf '$log'"
@@ -49,6 +54,9 @@ t_pp=$(best "cat '$data' | '$bin/produce' --log '$log' -q -t t --key vehicle_id 
 t_p4=$(best "'$bin/produce' --log '$log' -q -t t --partitions 4 --key vehicle_id --ts ts --fsync batch '$data'"); row "produce --fsync batch, 4 partitions" "$t_p4"
 unset SETUP
 
+fi
+
+if want consume; then
 echo "== consume (one partition holding all records)"
 rm -rf "$log"; "$bin/produce" --log "$log" -q -t t --key vehicle_id --ts ts --fsync never "$data"
 t_cv=$(best "'$bin/consume' --log '$log' -t t --value"); row "consume --value > /dev/null" "$t_cv"
@@ -56,6 +64,9 @@ t_cw=$(best "'$bin/consume' --log '$log' -t t --value | wc -l"); row "consume --
 t_ce=$(best "'$bin/consume' --log '$log' -t t"); row "consume (envelopes) > /dev/null" "$t_ce"
 t_cat_wc=$(best "cat '$data' | wc -l"); row "baseline: cat FILE | wc -l" "$t_cat_wc"
 
+fi
+
+if want latency; then
 echo "== produce | consume --follow latency (--fsync never, 2000 records, 1 ms apart)"
 python3 - "$bin" "$work/lat" <<'PY'
 import subprocess, sys, time, threading, os
@@ -83,10 +94,14 @@ lat.sort()
 print(f"latency over {n} records: p50 {lat[n//2]:.3f} ms, p99 {lat[int(n*0.99)]:.3f} ms, max {lat[-1]:.3f} ms")
 PY
 
+fi
+
+slow() { runs=1 best "$@"; }
+if want transform; then
+log="$work/log"
 echo "== transform: the same filter and map in transform, jq -c and mlr (slow peers run once)"
 filter='select(.speed > 80)'
 map='.speed_kmh = .speed * 1.609 | .alert = (.engine_temp > 95)'
-slow() { runs=1 best "$@"; }
 if command -v jq >/dev/null; then
   t_jf=$(slow "jq -c '$filter' '$data'"); row "jq -c 'select(.speed > 80)'" "$t_jf"
   t_jm=$(slow "jq -c '$map' '$data'"); row "jq -c '.speed_kmh = ... | .alert = ...'" "$t_jm"
@@ -126,3 +141,43 @@ t.stdin.close(); t.wait()
 lat.sort()
 print(f"latency over {n} records: p50 {lat[n//2]:.3f} ms, p99 {lat[int(n*0.99)]:.3f} ms, max {lat[-1]:.3f} ms")
 PY
+fi
+
+if want window; then
+echo "== window: tumbling 1 minute by vehicle, count/avg/max/p95, beside mlr and DuckDB (2 threads)"
+peak() { # peak RSS in MB of the command "$@" (output discarded)
+  python3 -c 'import resource, subprocess, sys
+subprocess.run(sys.argv[1], shell=True, stdout=subprocess.DEVNULL, check=True)
+print(round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))' "$1"
+}
+agg='count(), avg(.speed), max(.speed), p95(.speed)'
+if command -v mlr >/dev/null; then
+  t_mw=$(slow "mlr --ijsonl --ojsonl put '\$minute = int(\$ts / 60000) * 60000' then stats1 -a count,mean,max,p95 -f speed -g vehicle_id,minute '$data'")
+  row "mlr put (minute) then stats1 -a count,mean,max,p95" "$t_mw"
+fi
+cat > "$work/duck.py" <<'PY'
+import duckdb, sys
+con = duckdb.connect(config={"threads": 2})
+src = "read_json(?, format='newline_delimited')" if sys.argv[2] == "auto" else \
+      "read_json(?, format='newline_delimited', columns={'vehicle_id':'VARCHAR','ts':'BIGINT','speed':'DOUBLE'})"
+con.execute(f"""copy (select vehicle_id, time_bucket(interval 1 minute, epoch_ms(ts)) as w, count(*),
+  avg(speed), max(speed), quantile_disc(speed, 0.95) from {src} group by all) to '/dev/null' (format csv)""", [sys.argv[1]])
+PY
+if python3 -c 'import duckdb' 2>/dev/null; then
+  t_da=$(best "python3 '$work/duck.py' '$data' auto"); row "duckdb read_json (detected types), 2 threads" "$t_da"
+  t_dc=$(best "python3 '$work/duck.py' '$data' columns"); row "duckdb read_json (3 typed columns), 2 threads" "$t_dc"
+  printf '%58s %7d MB peak RSS\n' "" "$(peak "python3 '$work/duck.py' '$data' columns")"
+fi
+for j in 1 2; do
+  cmd="'$bin/window' -q -j $j --tumbling 1m --ts ts --by vehicle_id --agg '$agg' '$data'"
+  t=$(best "$cmd"); row "window -j $j --tumbling 1m --by vehicle_id" "$t"
+  [ -n "${t_mw:-}" ] && printf '%58s %7.1fx mlr\n' "" "$(echo "$t_mw / $t" | bc -l)"
+  [ -n "${t_da:-}" ] && printf '%58s %7.2fx duckdb (detected), %.2fx duckdb (typed)\n' "" "$(echo "$t_da / $t" | bc -l)" "$(echo "$t_dc / $t" | bc -l)"
+  printf '%58s %7d MB peak RSS\n' "" "$(peak "$cmd")"
+done
+echo "== window: 1,000,000 distinct keys open at once ($n records, every key in one minute)"
+scripts/gen-telemetry.sh "$n" 1795000000000 1000000 > "$work/keys.ndjson"
+cmd="'$bin/window' -q -j 2 --tumbling 1m --ts ts --by vehicle_id --agg '$agg' '$work/keys.ndjson'"
+t=$(best "$cmd"); row "window -j 2, 1M groups" "$t"
+printf '%58s %7d MB peak RSS\n' "" "$(peak "$cmd")"
+fi

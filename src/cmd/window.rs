@@ -426,6 +426,7 @@ pub fn run(a: Args) -> Result<()> {
             input: a.input,
             prov: a.state.is_some(),
             processing_time: a.processing_time,
+            topic_finder: crate::window::extract::topic_finder(),
         },
         pool,
         jobs,

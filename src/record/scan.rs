@@ -74,6 +74,16 @@ pub fn key_is(text: &[u8], m: &Member, name: &[u8]) -> bool {
 /// Scans `text`, which must hold one JSON object (whitespace around it allowed). False when
 /// it is not valid JSON or not an object; `out` is then unspecified.
 pub fn scan_object(text: &[u8], out: &mut Scan) -> bool {
+    scan(text, out, true)
+}
+
+/// The same scan without working out whether the object is plain (`out.plain` is false):
+/// for readers that only look fields up.
+pub fn scan_members(text: &[u8], out: &mut Scan) -> bool {
+    scan(text, out, false)
+}
+
+fn scan(text: &[u8], out: &mut Scan, want_plain: bool) -> bool {
     out.members.clear();
     let mut s = Scanner {
         b: text,
@@ -144,7 +154,8 @@ pub fn scan_object(text: &[u8], out: &mut Scan) -> bool {
         Some(m) => m.from == 1,
         None => end == 2,
     };
-    out.plain = all_plain && tight && end == text.len() && no_repeats(text, &out.members);
+    out.plain =
+        want_plain && all_plain && tight && end == text.len() && no_repeats(text, &out.members);
     true
 }
 

@@ -156,6 +156,12 @@ pub struct Extractor {
     pub prov: bool,
     /// Event time is the arrival time: no timestamp is read.
     pub processing_time: bool,
+    pub topic_finder: memchr::memmem::Finder<'static>,
+}
+
+/// Finds the `"topic"` key in a line (the cheap test that most plain lines fail).
+pub fn topic_finder() -> memchr::memmem::Finder<'static> {
+    memchr::memmem::Finder::new(b"\"topic\"")
 }
 
 #[derive(Default)]
@@ -230,12 +236,17 @@ impl Extractor {
         if let Err(err) = std::str::from_utf8(line) {
             return Err(format!("invalid UTF-8 at byte {}", err.valid_up_to() + 1));
         }
-        if !scan::scan_object(line, &mut sc.top) {
+        if !scan::scan_members(line, &mut sc.top) {
             return Err(not_an_object(line));
         }
         let top = &sc.top;
         let mut env = None;
-        if self.input != InputMode::Plain {
+        // In auto mode a line without the bytes "topic" (and no escaped key) is plain.
+        let maybe_env = self.input == InputMode::Envelope
+            || (self.input == InputMode::Auto
+                && (top.members.iter().any(|m| m.key_escaped)
+                    || self.topic_finder.find(line).is_some()));
+        if maybe_env {
             // topic, partition, offset, ts, value, sub; and value_str/value_base64.
             let mut f: [Option<&scan::Member>; 6] = [None; 6];
             let mut other_value = false;
@@ -312,7 +323,7 @@ impl Extractor {
         };
         // The value object: the line itself, or the envelope's value scanned again.
         let (vscan, vbase) = if env.is_some() {
-            if !scan::scan_object(&text[vs..ve], &mut sc.val) {
+            if !scan::scan_members(&text[vs..ve], &mut sc.val) {
                 return Err("the envelope's value is not a JSON object".into());
             }
             (&sc.val, vs)
@@ -330,7 +341,10 @@ impl Extractor {
                 let raw = &vtext[m.key.0..m.key.1];
                 for (fi, p) in self.fields.iter().enumerate() {
                     let name = p.segs[0].as_bytes();
-                    if (!m.key_escaped && raw.len() == name.len() && raw == name)
+                    if (!m.key_escaped
+                        && raw.len() == name.len()
+                        && raw.first() == name.first()
+                        && raw == name)
                         || (m.key_escaped && key_is(vtext, m, name))
                     {
                         found[fi] = mi;
@@ -458,6 +472,7 @@ mod tests {
             input,
             prov: true,
             processing_time: false,
+            topic_finder: topic_finder(),
         }
     }
 
