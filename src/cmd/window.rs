@@ -23,14 +23,15 @@ use rayon::prelude::*;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 const BATCH_LINES: usize = 8192;
 const BATCH_BYTES: usize = 4 << 20;
 /// Below this many lines a batch is parsed on one thread.
 const PARALLEL_MIN: usize = 512;
 /// How often a live run looks at the clock for --idle-timeout and --processing-time (ms).
-const TICK_MS: i32 = 50;
+const TICK_MS: u64 = 50;
 /// A live run with --state rewrites the file at most this often (on idle input).
 const STATE_EVERY_MS: u128 = 1000;
 const STATE_KIND: &str = "kappa.window-state";
@@ -210,6 +211,77 @@ fn positive(flag: &str, s: &str) -> Result<i64> {
         return Err(usage(format!("{flag} must be longer than 0")));
     }
     Ok(d)
+}
+
+/// From the reading thread: a batch (and whether the input then had nothing more ready), the
+/// end, or a read error.
+enum Msg {
+    Batch(Batch, bool),
+    Eof,
+    Failed(std::io::Error),
+}
+
+/// The reading thread: splits lines into batches, ends a batch when it is full or the input
+/// stalls, and reuses the batches handed back.
+fn read_batches(
+    reader: Box<dyn Read + Send>,
+    fd: Option<i32>,
+    max: usize,
+    tx: mpsc::SyncSender<Msg>,
+    back: mpsc::Receiver<Batch>,
+) {
+    let mut lr = LineReader::new(reader, max, fd);
+    let fresh = || Batch {
+        text: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
+        lines: Vec::with_capacity(BATCH_LINES),
+    };
+    let mut batch = fresh();
+    loop {
+        let msg = match lr.next_line() {
+            Ok(Next::Line(line)) => {
+                if !line.oversize && line.bytes.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let s = batch.text.len();
+                batch.text.extend_from_slice(line.bytes);
+                batch
+                    .lines
+                    .push((s, batch.text.len(), line.no, line.oversize));
+                if batch.lines.len() < BATCH_LINES && batch.text.len() < BATCH_BYTES {
+                    continue;
+                }
+                Msg::Batch(
+                    std::mem::replace(&mut batch, back.try_recv().unwrap_or_else(|_| fresh())),
+                    false,
+                )
+            }
+            Ok(Next::Idle) => {
+                let full =
+                    std::mem::replace(&mut batch, back.try_recv().unwrap_or_else(|_| fresh()));
+                if tx.send(Msg::Batch(full, true)).is_err() {
+                    return;
+                }
+                // Blocks until input is ready (a signal wakes it too).
+                lr.wait(-1);
+                continue;
+            }
+            Ok(Next::Eof) => {
+                let last = std::mem::replace(&mut batch, fresh());
+                if tx.send(Msg::Batch(last, false)).is_err() {
+                    return;
+                }
+                let _ = tx.send(Msg::Eof);
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Msg::Failed(e));
+                return;
+            }
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
 }
 
 struct Batch {
@@ -475,9 +547,11 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 impl Run {
+    /// Reads one input on a thread of its own (so splitting lines overlaps parsing them) and
+    /// processes its batches in order.
     fn source(&mut self, path: &PathBuf, pb: &indicatif::ProgressBar) -> Result<()> {
         let stdin = path.as_os_str() == "-";
-        let (reader, fd, label): (Box<dyn Read>, Option<i32>, String) = if stdin {
+        let (reader, fd, label): (Box<dyn Read + Send>, Option<i32>, String) = if stdin {
             (Box::new(StdinFile::open()), Some(0), String::new())
         } else {
             let f =
@@ -490,82 +564,80 @@ impl Run {
                 format!("{}: ", path.display()),
             )
         };
-        let mut lr = LineReader::new(reader, self.max, fd);
-        let mut batch = Batch {
-            text: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
-            lines: Vec::with_capacity(BATCH_LINES),
-        };
+        let (tx, rx) = mpsc::sync_channel::<Msg>(2);
+        let (back_tx, back_rx) = mpsc::channel::<Batch>();
+        let max = self.max;
+        std::thread::spawn(move || read_batches(reader, fd, max, tx, back_rx));
+        // Live input is waited on in ticks when the clock moves the watermark or a signal
+        // may ask for a stop.
+        let timed = self.processing_time || self.idle_timeout.is_some() || self.state.is_some();
         loop {
-            let next = lr
-                .next_line()
-                .map_err(|e| Error::io(format!("{label}reading input"), e))?;
-            match next {
-                Next::Line(line) => {
-                    if !line.oversize && line.bytes.iter().all(u8::is_ascii_whitespace) {
+            let msg = if timed {
+                match rx.recv_timeout(Duration::from_millis(TICK_MS)) {
+                    Ok(m) => m,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if signals::stop_requested() {
+                            return Ok(());
+                        }
+                        self.tick()?;
                         continue;
                     }
-                    let s = batch.text.len();
-                    batch.text.extend_from_slice(line.bytes);
-                    batch
-                        .lines
-                        .push((s, batch.text.len(), line.no, line.oversize));
-                    if batch.lines.len() >= BATCH_LINES || batch.text.len() >= BATCH_BYTES {
-                        self.step(&mut batch, &label, pb)?;
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                }
+            } else {
+                match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return Ok(()),
+                }
+            };
+            match msg {
+                Msg::Batch(mut batch, idle) => {
+                    self.step(&mut batch, &label, pb)?;
+                    let _ = back_tx.send(batch);
+                    if idle {
+                        self.out.flush()?;
+                        self.bad.flush(false)?;
+                        if let Some(l) = self.late.as_mut() {
+                            l.flush(false)?;
+                        }
+                        self.save_state(false)?;
                     }
                 }
-                Next::Idle => {
-                    self.step(&mut batch, &label, pb)?;
-                    self.out.flush()?;
-                    self.bad.flush(false)?;
-                    if let Some(l) = self.late.as_mut() {
-                        l.flush(false)?;
-                    }
-                    self.save_state(false)?;
-                    self.wait(&lr)?;
-                }
-                Next::Eof => {
-                    self.step(&mut batch, &label, pb)?;
-                    return Ok(());
-                }
+                Msg::Eof => return Ok(()),
+                Msg::Failed(e) => return Err(Error::io(format!("{label}reading input"), e)),
             }
             if signals::stop_requested() {
-                return self.step(&mut batch, &label, pb);
+                return Ok(());
             }
         }
     }
 
-    /// Waits for input; meanwhile moves the watermark by the clock when asked to.
-    fn wait<R: Read>(&mut self, lr: &LineReader<R>) -> Result<()> {
-        let timed = self.processing_time || self.idle_timeout.is_some();
-        loop {
-            if lr.wait(if timed { TICK_MS } else { -1 }) || signals::stop_requested() {
-                return Ok(());
+    /// No input for a tick: moves the watermark by the clock when asked to.
+    fn tick(&mut self) -> Result<()> {
+        let now = now_ms();
+        let e = &mut self.engine;
+        if self.processing_time {
+            e.advance(now.saturating_sub(e.spec.max_out_of_order));
+        } else if let Some(idle) = self.idle_timeout {
+            let quiet = now - self.last_arrival;
+            if quiet >= idle && e.max_ts != i64::MIN {
+                e.advance(
+                    e.max_ts
+                        .saturating_sub(e.spec.max_out_of_order)
+                        .saturating_add(quiet),
+                );
             }
-            if !timed {
-                continue;
-            }
-            let now = now_ms();
-            let e = &mut self.engine;
-            if self.processing_time {
-                e.advance(now.saturating_sub(e.spec.max_out_of_order));
-            } else if let Some(idle) = self.idle_timeout {
-                let quiet = now - self.last_arrival;
-                if quiet >= idle && e.max_ts != i64::MIN {
-                    e.advance(
-                        e.max_ts
-                            .saturating_sub(e.spec.max_out_of_order)
-                            .saturating_add(quiet),
-                    );
-                }
-            }
-            let before = e.results;
-            e.close(e.wm, self.pool.as_ref());
-            e.write_results(&mut self.out.buf);
-            if e.results != before {
-                self.out.flush()?;
-                self.save_state(false)?;
-            }
+        } else {
+            return Ok(());
         }
+        let before = e.results;
+        e.close(e.wm, self.pool.as_ref());
+        e.write_results(&mut self.out.buf);
+        if e.results != before {
+            self.out.flush()?;
+            self.save_state(false)?;
+        }
+        Ok(())
     }
 
     /// Parses, admits, aggregates and closes one batch, then empties it.

@@ -74,17 +74,44 @@ pub fn key_is(text: &[u8], m: &Member, name: &[u8]) -> bool {
 /// Scans `text`, which must hold one JSON object (whitespace around it allowed). False when
 /// it is not valid JSON or not an object; `out` is then unspecified.
 pub fn scan_object(text: &[u8], out: &mut Scan) -> bool {
-    scan(text, out, true)
-}
-
-/// The same scan without working out whether the object is plain (`out.plain` is false):
-/// for readers that only look fields up.
-pub fn scan_members(text: &[u8], out: &mut Scan) -> bool {
-    scan(text, out, false)
-}
-
-fn scan(text: &[u8], out: &mut Scan, want_plain: bool) -> bool {
     out.members.clear();
+    let members = &mut out.members;
+    let Some((all_plain, end)) = scan(text, |m| members.push(m)) else {
+        return false;
+    };
+    let tight = match out.members.first() {
+        Some(m) => m.from == 1,
+        None => end == 2,
+    };
+    out.plain = all_plain && tight && end == text.len() && no_repeats(text, &out.members);
+    true
+}
+
+/// The same scan keeping only the members named in `names` (`found[i]` for `names[i]`; the
+/// last one when a key repeats, as JSON readers keep): for readers that look a few fields up
+/// and need not store the others. False when `text` is not one valid JSON object.
+pub fn scan_pick(text: &[u8], names: &[&[u8]], found: &mut [Option<Member>]) -> bool {
+    found.iter_mut().for_each(|f| *f = None);
+    scan(text, |m| {
+        let raw = &text[m.key.0..m.key.1];
+        for (i, n) in names.iter().enumerate() {
+            let hit = if m.key_escaped {
+                key_is(text, &m, n)
+            } else {
+                raw.len() == n.len() && raw.first() == n.first() && raw == *n
+            };
+            if hit {
+                found[i] = Some(m);
+            }
+        }
+    })
+    .is_some()
+}
+
+/// Validates one object and hands each top-level member to `each`. Returns whether the
+/// object's text is plain so far (compact, plain members, no escaped keys) and where it ends.
+#[inline]
+fn scan(text: &[u8], mut each: impl FnMut(Member)) -> Option<(bool, usize)> {
     let mut s = Scanner {
         b: text,
         i: 0,
@@ -92,7 +119,7 @@ fn scan(text: &[u8], out: &mut Scan, want_plain: bool) -> bool {
     };
     s.ws();
     if s.b.get(s.i) != Some(&b'{') {
-        return false;
+        return None;
     }
     let compact_start = s.i == 0;
     s.i += 1;
@@ -104,23 +131,19 @@ fn scan(text: &[u8], out: &mut Scan, want_plain: bool) -> bool {
         loop {
             s.ws();
             let from = s.i;
-            let Some((k0, k1, esc)) = s.string() else {
-                return false;
-            };
+            let (k0, k1, esc) = s.string()?;
             s.ws();
             if s.b.get(s.i) != Some(&b':') {
-                return false;
+                return None;
             }
             s.i += 1;
             s.ws();
             s.plain = true;
             let start = s.i;
-            let Some(kind) = s.value(1) else {
-                return false;
-            };
+            let kind = s.value(1)?;
             let end = s.i;
             all_plain &= s.plain && !esc && from + k1 - k0 + 3 == start;
-            out.members.push(Member {
+            each(Member {
                 key: (k0, k1),
                 key_escaped: esc,
                 from,
@@ -141,22 +164,16 @@ fn scan(text: &[u8], out: &mut Scan, want_plain: bool) -> bool {
                     s.i += 1;
                     break;
                 }
-                _ => return false,
+                _ => return None,
             }
         }
     }
     let end = s.i;
     s.ws();
     if s.i != text.len() {
-        return false;
+        return None;
     }
-    let tight = match out.members.first() {
-        Some(m) => m.from == 1,
-        None => end == 2,
-    };
-    out.plain =
-        want_plain && all_plain && tight && end == text.len() && no_repeats(text, &out.members);
-    true
+    Some((all_plain, end))
 }
 
 fn no_repeats(text: &[u8], members: &[Member]) -> bool {

@@ -6,7 +6,7 @@
 use super::agg::Num;
 use super::{push_encoded, tag, Path};
 use crate::record::fields::{ts_ms, RawText};
-use crate::record::scan::{self, find_in, key_is, Kind, Scan};
+use crate::record::scan::{self, find_in, Kind};
 use crate::transform::{not_an_object, InputMode};
 use std::hash::Hasher;
 
@@ -166,9 +166,20 @@ pub fn topic_finder() -> memchr::memmem::Finder<'static> {
 
 #[derive(Default)]
 pub struct Scratch {
-    top: Scan,
-    val: Scan,
+    found: Vec<Option<scan::Member>>,
 }
+
+/// The envelope's members: topic, partition, offset, ts, value, sub, value_str, value_base64.
+const ENV_NAMES: [&[u8]; 8] = [
+    b"topic",
+    b"partition",
+    b"offset",
+    b"ts",
+    b"value",
+    b"sub",
+    b"value_str",
+    b"value_base64",
+];
 
 impl Extractor {
     /// Reads the lines `lines` (spans into `text`, with their index in the batch).
@@ -180,6 +191,7 @@ impl Extractor {
             errors: Vec::new(),
         };
         let mut sc = Scratch::default();
+        let names: Vec<&[u8]> = self.fields.iter().map(|p| p.segs[0].as_bytes()).collect();
         for &(s, e, idx, cut) in lines {
             let cells_at = c.cells.len();
             let key_at = c.keys.len();
@@ -188,7 +200,7 @@ impl Extractor {
                     "record is larger than --max-record-bytes ({max} bytes)"
                 ))
             } else {
-                self.line(text, s, e, &mut sc, &mut c)
+                self.line(text, (s, e), &names, &mut sc, &mut c)
             };
             let mut rec = Rec {
                 line: idx,
@@ -227,8 +239,8 @@ impl Extractor {
     fn line(
         &self,
         text: &[u8],
-        s: usize,
-        e: usize,
+        (s, e): (usize, usize),
+        names: &[&[u8]],
         sc: &mut Scratch,
         c: &mut Chunk,
     ) -> Result<(i64, Option<Prov>), String> {
@@ -236,53 +248,24 @@ impl Extractor {
         if let Err(err) = std::str::from_utf8(line) {
             return Err(format!("invalid UTF-8 at byte {}", err.valid_up_to() + 1));
         }
-        if !scan::scan_members(line, &mut sc.top) {
-            return Err(not_an_object(line));
-        }
-        let top = &sc.top;
+        // In auto mode a line without the bytes "topic" (and no escape, so no escaped key)
+        // is plain, and is scanned once for its fields.
+        let maybe_env = match self.input {
+            InputMode::Plain => false,
+            InputMode::Envelope => true,
+            InputMode::Auto => line.contains(&b'\\') || self.topic_finder.find(line).is_some(),
+        };
         let mut env = None;
-        // In auto mode a line without the bytes "topic" (and no escaped key) is plain.
-        let maybe_env = self.input == InputMode::Envelope
-            || (self.input == InputMode::Auto
-                && (top.members.iter().any(|m| m.key_escaped)
-                    || self.topic_finder.find(line).is_some()));
         if maybe_env {
-            // topic, partition, offset, ts, value, sub; and value_str/value_base64.
-            let mut f: [Option<&scan::Member>; 6] = [None; 6];
-            let mut other_value = false;
-            for m in &top.members {
-                let decoded;
-                let k: &[u8] = if m.key_escaped {
-                    decoded = serde_json::from_slice::<String>(&line[m.key.0 - 1..m.key.1 + 1])
-                        .unwrap_or_default();
-                    decoded.as_bytes()
-                } else {
-                    &line[m.key.0..m.key.1]
-                };
-                let slot = match k {
-                    b"topic" => 0,
-                    b"partition" => 1,
-                    b"offset" => 2,
-                    b"ts" => 3,
-                    b"value" => 4,
-                    b"sub" => 5,
-                    b"value_str" | b"value_base64" => {
-                        other_value = true;
-                        continue;
-                    }
-                    _ => continue,
-                };
-                f[slot] = Some(m);
+            let mut f = [None; ENV_NAMES.len()];
+            if !scan::scan_pick(line, &ENV_NAMES, &mut f) {
+                return Err(not_an_object(line));
             }
-            let is_env = match self.input {
-                InputMode::Envelope => true,
-                _ => {
-                    f[0].is_some()
-                        && f[1].is_some()
-                        && f[2].is_some()
-                        && (f[4].is_some() || other_value)
-                }
-            };
+            let is_env = self.input == InputMode::Envelope
+                || (f[0].is_some()
+                    && f[1].is_some()
+                    && f[2].is_some()
+                    && (f[4].is_some() || f[6].is_some() || f[7].is_some()));
             if is_env {
                 env = Some(f);
             }
@@ -303,12 +286,12 @@ impl Extractor {
                                 || "the envelope's partition, offset or sub is not a whole number";
                             Some(Prov {
                                 topic: (s + t.start, s + t.end),
-                                partition: num(p)
+                                partition: num(&p)
                                     .and_then(|p| u32::try_from(p).ok())
                                     .ok_or_else(bad)?,
-                                offset: num(o).ok_or_else(bad)?,
+                                offset: num(&o).ok_or_else(bad)?,
                                 sub: match f[5] {
-                                    Some(m) => num(m).ok_or_else(bad)?,
+                                    Some(m) => num(&m).ok_or_else(bad)?,
                                     None => 0,
                                 },
                             })
@@ -321,46 +304,22 @@ impl Extractor {
                 (s + v.start, s + v.end, prov, f[3])
             }
         };
-        // The value object: the line itself, or the envelope's value scanned again.
-        let (vscan, vbase) = if env.is_some() {
-            if !scan::scan_members(&text[vs..ve], &mut sc.val) {
-                return Err("the envelope's value is not a JSON object".into());
-            }
-            (&sc.val, vs)
-        } else {
-            (&sc.top, s)
-        };
-        let vtext = &text[vs..ve];
-        // One pass over the members finds every field's first name (the last repeat wins).
+        // The record: the line itself, or the envelope's value; scanned for the fields' first
+        // names (a plain line that looked like an envelope is scanned a second time).
+        sc.found.clear();
+        sc.found.resize(self.fields.len(), None);
+        if !scan::scan_pick(&text[vs..ve], names, &mut sc.found) {
+            return Err(if env.is_some() {
+                "the envelope's value is not a JSON object".into()
+            } else {
+                not_an_object(line)
+            });
+        }
         let at = c.cells.len();
         c.cells.resize(at + self.fields.len(), Cell::MISSING);
-        let mut found = [usize::MAX; 16];
-        let many = self.fields.len() > found.len();
-        if !many {
-            for (mi, m) in vscan.members.iter().enumerate() {
-                let raw = &vtext[m.key.0..m.key.1];
-                for (fi, p) in self.fields.iter().enumerate() {
-                    let name = p.segs[0].as_bytes();
-                    if (!m.key_escaped
-                        && raw.len() == name.len()
-                        && raw.first() == name.first()
-                        && raw == name)
-                        || (m.key_escaped && key_is(vtext, m, name))
-                    {
-                        found[fi] = mi;
-                    }
-                }
-            }
-        }
         for (fi, p) in self.fields.iter().enumerate() {
-            let m = if many {
-                let name = p.segs[0].as_bytes();
-                vscan.members.iter().rev().find(|m| key_is(vtext, m, name))
-            } else {
-                vscan.members.get(found[fi])
-            };
-            if let Some(m) = m {
-                c.cells[at + fi] = lookup(text, vbase, m, p);
+            if let Some(m) = &sc.found[fi] {
+                c.cells[at + fi] = lookup(text, vs, m, p);
             }
         }
         let cells = &c.cells[c.cells.len() - self.fields.len()..];
@@ -409,7 +368,7 @@ impl Extractor {
     }
 }
 
-/// Follows `p` from its top-level member `m` (the object starts at `vbase` in `text`).
+/// Follows `p` from its top-level member `m` (whose positions count from `vbase` in `text`).
 fn lookup(text: &[u8], vbase: usize, m: &scan::Member, p: &Path) -> Cell {
     let (mut kind, mut start, mut end) = (m.kind, vbase + m.start, vbase + m.end);
     for seg in &p.segs[1..] {
