@@ -305,6 +305,8 @@ struct Run {
     idle_timeout: Option<i64>,
     state: Option<PathBuf>,
     last_save: Instant,
+    /// Records were taken in since --state was last written.
+    dirty: bool,
     /// Wall-clock time of the last record (for --idle-timeout).
     last_arrival: i64,
 }
@@ -512,6 +514,7 @@ pub fn run(a: Args) -> Result<()> {
         idle_timeout,
         state: a.state.clone(),
         last_save: Instant::now(),
+        dirty: false,
         last_arrival: now_ms(),
     };
     let files = if a.files.is_empty() {
@@ -577,7 +580,7 @@ impl Run {
                     Ok(m) => m,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         if signals::stop_requested() {
-                            return Ok(());
+                            return self.drain(&rx, &label, pb);
                         }
                         self.tick()?;
                         continue;
@@ -607,13 +610,31 @@ impl Run {
                 Msg::Failed(e) => return Err(Error::io(format!("{label}reading input"), e)),
             }
             if signals::stop_requested() {
-                return Ok(());
+                return self.drain(&rx, &label, pb);
             }
         }
     }
 
-    /// No input for a tick: moves the watermark by the clock when asked to.
+    /// On a stop: takes in the batches already read, so they are counted (and covered by
+    /// --state) rather than lost with the process.
+    fn drain(
+        &mut self,
+        rx: &mpsc::Receiver<Msg>,
+        label: &str,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<()> {
+        while let Ok(Msg::Batch(mut batch, _)) = rx.try_recv() {
+            self.step(&mut batch, label, pb)?;
+        }
+        Ok(())
+    }
+
+    /// No input for a tick: writes --state when it is behind, and moves the watermark by the
+    /// clock when asked to.
     fn tick(&mut self) -> Result<()> {
+        if self.dirty {
+            self.save_state(false)?;
+        }
         let now = now_ms();
         let e = &mut self.engine;
         if self.processing_time {
@@ -647,6 +668,7 @@ impl Run {
         }
         let n = batch.lines.len();
         self.read += n as u64;
+        self.dirty = true;
         pb.inc(n as u64);
         let spans: Vec<(usize, usize, u32, bool)> = batch
             .lines
@@ -770,6 +792,7 @@ impl Run {
         meta::write_checked(p, STATE_KIND, &self.engine.snapshot())
             .map_err(|e| Error::io(format!("writing --state {}", p.display()), e))?;
         self.last_save = Instant::now();
+        self.dirty = false;
         Ok(())
     }
 

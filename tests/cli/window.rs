@@ -767,3 +767,57 @@ fn man_page_examples() {
         assert!(v.iter().all(|v| v["window_end_ms"].is_i64()), "{ex}");
     }
 }
+
+#[test]
+fn sigterm_with_state_keeps_what_was_read() {
+    let env = Env::new();
+    let state = env.path("live.state");
+    let mut child = Command::new(bin("window"))
+        .args(["-q", "--tumbling", "1m", "--ts", "ts", "--state"])
+        .arg(&state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(recs(&[("a", 1000, 1.0), ("a", 2000, 1.0), ("b", 3000, 1.0)]).as_bytes())
+        .unwrap();
+    stdin.flush().unwrap();
+    // Wait until the records were taken in (the state file is written on idle input).
+    let started = Instant::now();
+    while !state.exists() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(
+        out.stdout.is_empty(),
+        "the window is still open: no result yet"
+    );
+    let snap: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(snap["body"]["windows"][0]["acc"]["count"], 3);
+    // The next run continues the window and closes it at the end of its input.
+    let o = win(
+        &[
+            "-q",
+            "--tumbling",
+            "1m",
+            "--ts",
+            "ts",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        &recs(&[("a", 61000, 1.0)]),
+    );
+    assert!(o.status.success());
+    let v = values(&String::from_utf8(o.stdout).unwrap());
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0]["count"], 3);
+}
