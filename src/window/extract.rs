@@ -253,7 +253,9 @@ impl Extractor {
         let maybe_env = match self.input {
             InputMode::Plain => false,
             InputMode::Envelope => true,
-            InputMode::Auto => line.contains(&b'\\') || self.topic_finder.find(line).is_some(),
+            InputMode::Auto => {
+                memchr::memchr(b'\\', line).is_some() || self.topic_finder.find(line).is_some()
+            }
         };
         let mut env = None;
         if maybe_env {
