@@ -420,6 +420,27 @@ impl Acc {
         }
     }
 
+    /// Whether this state has the shape `aggs` needs (a state read back from a file).
+    pub fn fits(&self, aggs: &Aggs) -> bool {
+        self.st.len() == aggs.list.len()
+            && self.values.len() == aggs.pct_fields.len()
+            && self.st.iter().zip(&aggs.list).all(|(st, a)| {
+                matches!(
+                    (st, a.func),
+                    (St::Count, Func::Count)
+                        | (St::CountField(_), Func::CountField)
+                        | (St::Sum { .. }, Func::Sum | Func::Avg)
+                        | (St::Min(_), Func::Min)
+                        | (St::Max(_), Func::Max)
+                        | (St::First(_), Func::First)
+                        | (St::Last(_), Func::Last)
+                        | (St::Distinct(_), Func::CountDistinct)
+                        | (St::Var { .. }, Func::Stddev)
+                        | (St::Pct, Func::Pct(_))
+                )
+            })
+    }
+
     /// Folds `other` (a later-starting session of the same group) into this one.
     pub fn merge(&mut self, other: Acc) {
         self.count += other.count;

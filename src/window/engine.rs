@@ -600,7 +600,7 @@ impl Engine {
             let g = base64::engine::general_purpose::STANDARD
                 .decode(&w.group)
                 .map_err(|e| format!("bad group in a window: {e}"))?;
-            if w.acc.st.len() != self.spec.aggs.list.len() {
+            if !w.acc.fits(&self.spec.aggs) {
                 return Err("a window's aggregates do not match --agg".into());
             }
             let shard = &mut self.shards[shard_of(hash_group(&g), n)];

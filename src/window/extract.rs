@@ -8,7 +8,6 @@ use super::{push_encoded, tag, Path};
 use crate::record::fields::{ts_ms, RawText};
 use crate::record::scan::{self, find_in, Kind};
 use crate::transform::{not_an_object, InputMode};
-use std::hash::Hasher;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CellKind {
@@ -218,9 +217,8 @@ impl Extractor {
                     rec.ts = ts;
                     rec.prov = prov;
                     rec.key.1 = c.keys.len() as u32;
-                    let mut h = rustc_hash::FxHasher::default();
-                    h.write(&c.keys[key_at..]);
-                    rec.hash = h.finish();
+                    // The same hash --state uses to put restored windows in their shard.
+                    rec.hash = super::engine::hash_group(&c.keys[key_at..]);
                 }
                 Err(msg) => {
                     c.cells.truncate(cells_at);
