@@ -90,7 +90,8 @@ Results (--emit final, the default): one envelope per window and group, when it 
   {\"ts\":WINDOW_END_MS-1,\"key\":\"GROUP\",\"value\":{\"window_start\":RFC3339,\"window_end\":RFC3339,
    \"window_start_ms\":MS,\"window_end_ms\":MS,<group fields>,<aggregates>}}
 The ts is the window's last millisecond (the end is exclusive), so a result falls in its own
-window when windowed again. The key is the group's values joined by | (strings as they are,
+window when windowed again (results have no topic, partition or offset: a second window reads
+them with --input envelope). The key is the group's values joined by | (strings as they are,
 null as nothing); null without --by. Results closed together are written by window end, then
 start, then group: the output depends only on the input, never on how it was batched, on
 --jobs or on timing. --emit update writes a result each time a record changes a window's
