@@ -1,6 +1,7 @@
 //! What every tool shares at its edges: the `main` wrapper (clap parsing, error printing,
 //! exit codes), common flags, the stdout writer, signals and the progress display.
 
+pub mod input;
 pub mod onerror;
 pub mod output;
 pub mod progress;

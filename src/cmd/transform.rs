@@ -7,16 +7,13 @@
 
 use crate::cli::onerror::{BadRecords, OnError, Provenance};
 use crate::cli::output::Output;
-use crate::cli::{self, progress};
+use crate::cli::{self, input, progress};
 use crate::error::{setup, usage, Error, Result};
-use crate::record::lines::{LineReader, Next, StdinFile};
-use crate::record::time;
+use crate::record::lines::{LineReader, Next};
 use crate::transform::{lookup, require, value, Engine, InputMode, Outputs, Scratch, Spec};
 use clap::{ArgAction, CommandFactory, Parser};
 use jaq_json::Val;
 use rayon::prelude::*;
-use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -142,18 +139,8 @@ pub struct Args {
     /// Run the program over whole envelopes instead of values
     #[arg(long)]
     pub envelope: bool,
-    /// How to read lines: auto, envelope or plain
-    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
-    pub input: InputMode,
-    /// fail, skip, or dead-letter FILE
-    #[arg(long, num_args = 1..=2, value_names = ["MODE", "FILE"], default_value = "fail")]
-    pub on_error: Vec<String>,
-    /// Threads evaluating records [default: the number of CPUs]
-    #[arg(short = 'j', long, value_name = "N")]
-    pub jobs: Option<usize>,
-    /// Longest input line accepted (bytes; KiB, MiB suffixes)
-    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
-    pub max_record_bytes: String,
+    #[command(flatten)]
+    pub rec: cli::input::RecordArgs,
     /// Run every record through jaq, even when the program has a fast path
     #[arg(long, hide = true)]
     pub no_fast_path: bool,
@@ -215,17 +202,9 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         rest.into_iter().map(PathBuf::from).collect()
     };
-    let max = time::parse_size(&a.max_record_bytes).map_err(usage)? as usize;
-    if max == 0 {
-        return Err(usage("--max-record-bytes must be positive"));
-    }
-    let jobs = a
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if jobs == 0 {
-        return Err(usage("--jobs must be at least 1"));
-    }
-    if a.envelope && a.input == InputMode::Plain {
+    let max = a.rec.max_record_bytes()?;
+    let jobs = a.rec.jobs()?;
+    if a.envelope && a.rec.input == InputMode::Plain {
         return Err(usage(
             "--envelope needs envelopes on input, not --input plain",
         ));
@@ -236,7 +215,7 @@ pub fn run(a: Args) -> Result<()> {
         set_key: a.set_key.clone(),
         set_ts: a.set_ts.clone(),
         vars: variables(&a)?,
-        input: a.input,
+        input: a.rec.input,
         whole_envelope: a.envelope,
         require: match &a.require {
             Some(r) => require::parse(r).map_err(usage)?,
@@ -262,7 +241,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut w = Writer {
         out: Output::stdout(),
-        bad: BadRecords::new("transform", OnError::parse(&a.on_error)?)?,
+        bad: BadRecords::new("transform", OnError::parse(&a.rec.on_error)?)?,
         counts: Counts {
             read: 0,
             written: 0,
@@ -348,20 +327,12 @@ fn run_source(
     w: &mut Writer,
     pb: &indicatif::ProgressBar,
 ) -> Result<()> {
-    let stdin = path.as_os_str() == "-";
-    let (reader, fd, label): (Box<dyn Read>, Option<i32>, String) = if stdin {
-        (Box::new(StdinFile::open()), Some(0), String::new())
-    } else {
-        let f = std::fs::File::open(path).map_err(|e| setup(format!("{}: {e}", path.display())))?;
-        let fd = f.as_raw_fd();
-        let is_file = f.metadata().map(|m| m.is_file()).unwrap_or(true);
-        (
-            Box::new(f),
-            if is_file { None } else { Some(fd) },
-            format!("{}: ", path.display()),
-        )
-    };
-    let mut lr = LineReader::new(reader, w.max, fd);
+    let input::Input {
+        reader,
+        poll_fd,
+        label,
+    } = input::open(path)?;
+    let mut lr = LineReader::new(reader, w.max, poll_fd);
     let mut batch = Batch {
         text: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
         lines: Vec::with_capacity(BATCH_LINES),

@@ -8,12 +8,11 @@
 
 use crate::cli::onerror::{provenance_of, BadRecords, OnError, Provenance};
 use crate::cli::output::Output;
-use crate::cli::{self, progress, signals};
+use crate::cli::{self, input, progress, signals};
 use crate::error::{setup, usage, Error, Result};
 use crate::log::meta;
-use crate::record::lines::{LineReader, Next, StdinFile};
+use crate::record::lines::{LineReader, Next};
 use crate::record::time::{self, format_rfc3339, now_ms};
-use crate::transform::InputMode;
 use crate::window::agg;
 use crate::window::engine::{self, Engine, Snapshot};
 use crate::window::extract::{Chunk, Extractor, Status};
@@ -21,7 +20,6 @@ use crate::window::{Emit, Kind, Path};
 use clap::{CommandFactory, Parser};
 use rayon::prelude::*;
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -179,18 +177,8 @@ pub struct Args {
     /// Keep open windows in FILE at exit and continue them on the next run
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
-    /// How to read lines: auto, envelope or plain
-    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
-    pub input: InputMode,
-    /// fail, skip, or dead-letter FILE
-    #[arg(long, num_args = 1..=2, value_names = ["MODE", "FILE"], default_value = "fail")]
-    pub on_error: Vec<String>,
-    /// Threads parsing and aggregating [default: the number of CPUs]
-    #[arg(short = 'j', long, value_name = "N")]
-    pub jobs: Option<usize>,
-    /// Longest input line accepted (bytes; KiB, MiB suffixes)
-    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
-    pub max_record_bytes: String,
+    #[command(flatten)]
+    pub rec: cli::input::RecordArgs,
     /// No summary on stderr
     #[arg(short, long)]
     pub quiet: bool,
@@ -365,16 +353,8 @@ pub fn run(a: Args) -> Result<()> {
         }
         (k, None) => k,
     };
-    let max = time::parse_size(&a.max_record_bytes).map_err(usage)? as usize;
-    if max == 0 {
-        return Err(usage("--max-record-bytes must be positive"));
-    }
-    let jobs = a
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if jobs == 0 {
-        return Err(usage("--jobs must be at least 1"));
-    }
+    let max = a.rec.max_record_bytes()?;
+    let jobs = a.rec.jobs()?;
 
     // The fields read from each record: groups, then the timestamp, then the aggregates'.
     let mut fields: Vec<Path> = Vec::new();
@@ -498,7 +478,7 @@ pub fn run(a: Args) -> Result<()> {
             fields,
             ts_field,
             group,
-            input: a.input,
+            input: a.rec.input,
             prov: a.state.is_some(),
             processing_time: a.processing_time,
             topic_finder: crate::window::extract::topic_finder(),
@@ -506,7 +486,7 @@ pub fn run(a: Args) -> Result<()> {
         pool,
         jobs,
         out: Output::stdout(),
-        bad: BadRecords::new("window", OnError::parse(&a.on_error)?)?,
+        bad: BadRecords::new("window", OnError::parse(&a.rec.on_error)?)?,
         late,
         late_count: 0,
         read: 0,
@@ -554,20 +534,11 @@ impl Run {
     /// Reads one input on a thread of its own (so splitting lines overlaps parsing them) and
     /// processes its batches in order.
     fn source(&mut self, path: &PathBuf, pb: &indicatif::ProgressBar) -> Result<()> {
-        let stdin = path.as_os_str() == "-";
-        let (reader, fd, label): (Box<dyn Read + Send>, Option<i32>, String) = if stdin {
-            (Box::new(StdinFile::open()), Some(0), String::new())
-        } else {
-            let f =
-                std::fs::File::open(path).map_err(|e| setup(format!("{}: {e}", path.display())))?;
-            let fd = f.as_raw_fd();
-            let is_file = f.metadata().map(|m| m.is_file()).unwrap_or(true);
-            (
-                Box::new(f),
-                if is_file { None } else { Some(fd) },
-                format!("{}: ", path.display()),
-            )
-        };
+        let input::Input {
+            reader,
+            poll_fd: fd,
+            label,
+        } = input::open(path)?;
         let (tx, rx) = mpsc::sync_channel::<Msg>(2);
         let (back_tx, back_rx) = mpsc::channel::<Batch>();
         let max = self.max;

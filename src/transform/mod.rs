@@ -28,15 +28,7 @@ type Filter = jaq_core::Filter<D>;
 /// Variables every program may use; their values come from the record.
 pub const RECORD_VARS: [&str; 5] = ["$key", "$ts", "$offset", "$partition", "$topic"];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum InputMode {
-    /// Envelopes where a line has topic, partition, offset and a value; else plain objects
-    Auto,
-    /// Every line is an envelope (provenance optional)
-    Envelope,
-    /// Every line is a plain object, even one that looks like an envelope
-    Plain,
-}
+pub use crate::cli::input::InputMode;
 
 /// What to build an engine from.
 pub struct Spec {
