@@ -78,12 +78,60 @@ pub struct Shard {
     sessions: FxHashMap<Arc<[u8]>, Group>,
     /// Session ends to look at (stale entries are skipped when popped).
     ends: BinaryHeap<Reverse<(i64, Arc<[u8]>)>>,
+    pending: Pending,
+    /// Records late for every window they belong to: (chunk, record).
+    late: Vec<(u32, u32)>,
+}
+
+/// Results written by a shard and not yet merged into stdout's order.
+#[derive(Default)]
+struct Pending {
     out: Vec<u8>,
     groups: Vec<u8>,
     items: Vec<Item>,
-    /// Records late for every window they belong to: (chunk, record).
-    late: Vec<(u32, u32)>,
-    scratch: Vec<u8>,
+}
+
+impl Pending {
+    /// A closed window's result (`--emit final`), sorted later by (end, start, group).
+    fn result(&mut self, spec: &Spec, start: i64, end: i64, group: &[u8], acc: &mut Acc) {
+        let from = self.out.len();
+        render(spec, start, end, group, acc, &mut self.out);
+        let g = self.groups.len();
+        self.groups.extend_from_slice(group);
+        self.items.push(Item {
+            k1: end,
+            k2: start,
+            group: (g, self.groups.len()),
+            line: (from, self.out.len()),
+        });
+    }
+
+    /// `--emit update`: the window's result when it differs from the last one written,
+    /// sorted later by the record's arrival, then start.
+    fn update(&mut self, spec: &Spec, slot: &mut Slot, start: i64, end: i64, key: &[u8], seq: u64) {
+        let from = self.out.len();
+        render(spec, start, end, key, &mut slot.acc, &mut self.out);
+        if self.out[from..] == slot.last[..] {
+            self.out.truncate(from);
+            return;
+        }
+        slot.last.clear();
+        slot.last.extend_from_slice(&self.out[from..]);
+        let g = self.groups.len();
+        self.items.push(Item {
+            k1: seq as i64,
+            k2: start,
+            // Updates sort by arrival and start alone: no group bytes needed.
+            group: (g, g),
+            line: (from, self.out.len()),
+        });
+    }
+
+    fn clear(&mut self) {
+        self.out.clear();
+        self.groups.clear();
+        self.items.clear();
+    }
 }
 
 pub fn shard_of(hash: u64, n: usize) -> usize {
@@ -145,15 +193,7 @@ impl Shard {
             };
             add(&mut slot.acc);
             if spec.emit == Emit::Update {
-                let (out, groups, items, scratch) = (
-                    &mut self.out,
-                    self.groups.len(),
-                    &mut self.items,
-                    &mut self.scratch,
-                );
-                update(
-                    spec, slot, start, end, key, r.seq, out, groups, items, scratch,
-                );
+                self.pending.update(spec, slot, start, end, key, r.seq);
             }
         }
         taken
@@ -227,24 +267,8 @@ impl Shard {
         let (start, end) = (s.start, s.end);
         self.ends.push(Reverse((end, g.key.clone())));
         if spec.emit == Emit::Update {
-            let (out, groups, items, scratch) = (
-                &mut self.out,
-                self.groups.len(),
-                &mut self.items,
-                &mut self.scratch,
-            );
-            update(
-                spec,
-                &mut g.sessions[i].slot,
-                start,
-                end,
-                key,
-                r.seq,
-                out,
-                groups,
-                items,
-                scratch,
-            );
+            self.pending
+                .update(spec, &mut g.sessions[i].slot, start, end, key, r.seq);
         }
         true
     }
@@ -264,7 +288,7 @@ impl Shard {
                     let map = e.remove();
                     if fin {
                         for (g, mut slot) in map {
-                            self.result(spec, start, end, &g, &mut slot.acc);
+                            self.pending.result(spec, start, end, &g, &mut slot.acc);
                         }
                     }
                 }
@@ -292,7 +316,8 @@ impl Shard {
                     let empty = g.sessions.is_empty();
                     if fin {
                         for mut s in closed {
-                            self.result(spec, s.start, s.end, &key, &mut s.slot.acc);
+                            self.pending
+                                .result(spec, s.start, s.end, &key, &mut s.slot.acc);
                         }
                     }
                     if empty {
@@ -303,19 +328,6 @@ impl Shard {
         }
     }
 
-    fn result(&mut self, spec: &Spec, start: i64, end: i64, group: &[u8], acc: &mut Acc) {
-        let from = self.out.len();
-        render(spec, start, end, group, acc, &mut self.out);
-        let g = self.groups.len();
-        self.groups.extend_from_slice(group);
-        self.items.push(Item {
-            k1: end,
-            k2: start,
-            group: (g, self.groups.len()),
-            line: (from, self.out.len()),
-        });
-    }
-
     fn windows(&self) -> usize {
         self.fixed.values().map(|m| m.len()).sum::<usize>()
             + self
@@ -324,38 +336,6 @@ impl Shard {
                 .map(|g| g.sessions.len())
                 .sum::<usize>()
     }
-}
-
-/// `--emit update`: writes the window's result when it differs from the last one written.
-#[allow(clippy::too_many_arguments)]
-fn update(
-    spec: &Spec,
-    slot: &mut Slot,
-    start: i64,
-    end: i64,
-    key: &[u8],
-    seq: u64,
-    out: &mut Vec<u8>,
-    groups_len: usize,
-    items: &mut Vec<Item>,
-    scratch: &mut Vec<u8>,
-) {
-    scratch.clear();
-    render(spec, start, end, key, &mut slot.acc, scratch);
-    if *scratch == slot.last {
-        return;
-    }
-    slot.last.clear();
-    slot.last.extend_from_slice(scratch);
-    let from = out.len();
-    out.extend_from_slice(scratch);
-    items.push(Item {
-        k1: seq as i64,
-        k2: start,
-        // Updates sort by arrival and start alone: no group bytes needed.
-        group: (groups_len, groups_len),
-        line: (from, out.len()),
-    });
 }
 
 /// One result line: an envelope without provenance, ts = window end - 1 ms.
@@ -513,26 +493,24 @@ impl Engine {
     pub fn write_results(&mut self, out: &mut Vec<u8>) {
         let mut all: Vec<(usize, usize)> = Vec::new();
         for (si, s) in self.shards.iter().enumerate() {
-            all.extend((0..s.items.len()).map(|i| (si, i)));
+            all.extend((0..s.pending.items.len()).map(|i| (si, i)));
         }
         let shards = &self.shards;
-        let item = |&(s, i): &(usize, usize)| &shards[s].items[i];
+        let item = |&(s, i): &(usize, usize)| &shards[s].pending.items[i];
         all.sort_unstable_by(|a, b| {
             let (x, y) = (item(a), item(b));
             (x.k1, x.k2).cmp(&(y.k1, y.k2)).then_with(|| {
-                shards[a.0].groups[x.group.0..x.group.1]
-                    .cmp(&shards[b.0].groups[y.group.0..y.group.1])
+                shards[a.0].pending.groups[x.group.0..x.group.1]
+                    .cmp(&shards[b.0].pending.groups[y.group.0..y.group.1])
             })
         });
         for a in &all {
             let it = item(a);
-            out.extend_from_slice(&shards[a.0].out[it.line.0..it.line.1]);
+            out.extend_from_slice(&shards[a.0].pending.out[it.line.0..it.line.1]);
         }
         self.results += all.len() as u64;
         for s in &mut self.shards {
-            s.items.clear();
-            s.out.clear();
-            s.groups.clear();
+            s.pending.clear();
         }
     }
 
