@@ -321,7 +321,7 @@ fn variables(a: &Args) -> Result<Vec<(String, Val)>> {
 }
 
 fn run_source(
-    path: &PathBuf,
+    path: &std::path::Path,
     engine: &Engine,
     pool: Option<&rayon::ThreadPool>,
     w: &mut Writer,

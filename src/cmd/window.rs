@@ -533,7 +533,7 @@ pub fn run(a: Args) -> Result<()> {
 impl Run {
     /// Reads one input on a thread of its own (so splitting lines overlaps parsing them) and
     /// processes its batches in order.
-    fn source(&mut self, path: &PathBuf, pb: &indicatif::ProgressBar) -> Result<()> {
+    fn source(&mut self, path: &std::path::Path, pb: &indicatif::ProgressBar) -> Result<()> {
         let input::Input {
             reader,
             poll_fd: fd,
