@@ -342,8 +342,15 @@ impl Acc {
     }
 
     /// Adds one record. `cells` are its fields (by the spec's field index), `text` the batch
-    /// text their spans point into.
-    pub fn add(&mut self, aggs: &Aggs, cells: &[Cell], text: &[u8], ts: i64, seq: u64) {
+    /// text their spans point into; `scratch` is reused for encoding distinct values.
+    pub fn add(
+        &mut self,
+        aggs: &Aggs,
+        cells: &[Cell],
+        text: &[u8],
+        (ts, seq): (i64, u64),
+        scratch: &mut Vec<u8>,
+    ) {
         self.count += 1;
         if aggs
             .numeric_fields
@@ -394,10 +401,10 @@ impl Acc {
                 }
                 St::Distinct(set) => {
                     if c.present() {
-                        let mut b = Vec::new();
-                        c.encode(text, &mut b);
-                        if !set.contains(b.as_slice()) {
-                            set.insert(b.into_boxed_slice());
+                        scratch.clear();
+                        c.encode(text, scratch);
+                        if !set.contains(scratch.as_slice()) {
+                            set.insert(scratch.as_slice().into());
                         }
                     }
                 }

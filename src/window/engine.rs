@@ -146,6 +146,7 @@ pub fn hash_group(key: &[u8]) -> u64 {
 
 impl Shard {
     fn apply(&mut self, me: usize, n: usize, chunks: &[Chunk], text: &[u8], spec: &Spec) {
+        let mut scratch = Vec::new();
         for (ci, ch) in chunks.iter().enumerate() {
             for (ri, r) in ch.recs.iter().enumerate() {
                 if r.status != Status::Ok || shard_of(r.hash, n) != me {
@@ -155,10 +156,10 @@ impl Shard {
                 let key = ch.key_of(r);
                 let taken = match spec.kind {
                     Kind::Fixed { size, .. } => self.add_fixed(spec, size, r, key, |acc| {
-                        acc.add(&spec.aggs, cells, text, r.ts, r.seq)
+                        acc.add(&spec.aggs, cells, text, (r.ts, r.seq), &mut scratch)
                     }),
                     Kind::Session { gap } => self.add_session(spec, gap, r, key, |acc| {
-                        acc.add(&spec.aggs, cells, text, r.ts, r.seq)
+                        acc.add(&spec.aggs, cells, text, (r.ts, r.seq), &mut scratch)
                     }),
                 };
                 if !taken {
@@ -174,7 +175,7 @@ impl Shard {
         size: i64,
         r: &Rec,
         key: &[u8],
-        add: impl Fn(&mut Acc),
+        mut add: impl FnMut(&mut Acc),
     ) -> bool {
         let mut taken = false;
         for start in spec.kind.starts(r.ts) {
@@ -205,7 +206,7 @@ impl Shard {
         gap: i64,
         r: &Rec,
         key: &[u8],
-        add: impl Fn(&mut Acc),
+        mut add: impl FnMut(&mut Acc),
     ) -> bool {
         let open = |s: &Session| s.end.saturating_add(spec.lateness) > r.wm;
         let new_end = r.ts.saturating_add(gap);

@@ -72,15 +72,17 @@ impl Cell {
                 }
             }
             CellKind::Num => {
-                let mut b = Vec::new();
-                match self.n.int {
-                    Some(i) => b.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
+                // One form per value: integers (also 1.0) as integers, others shortest.
+                let (mut ib, mut fb) = (itoa::Buffer::new(), ryu::Buffer::new());
+                let text = match self.n.int {
+                    Some(i) => ib.format(i),
                     None if self.n.f.fract() == 0.0 && self.n.f.abs() < 9.0e15 => {
-                        b.extend_from_slice(itoa::Buffer::new().format(self.n.f as i64).as_bytes())
+                        ib.format(self.n.f as i64)
                     }
-                    None => crate::transform::value::write_f64(&mut b, self.n.f),
-                }
-                push_encoded(out, tag::NUM, &b);
+                    // Parsed from JSON text, so finite.
+                    None => fb.format_finite(self.n.f),
+                };
+                push_encoded(out, tag::NUM, text.as_bytes());
             }
         }
     }
