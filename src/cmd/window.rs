@@ -361,7 +361,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut group = Vec::new();
     let mut group_names: Vec<String> = Vec::new();
     if let Some(by) = &a.by {
-        for f in agg::split_top(by).map_err(usage)? {
+        for f in agg::split_top(by).map_err(|e| usage(format!("--by: {e}")))? {
             let p = Path::parse(f).map_err(|e| usage(format!("--by: {e}")))?;
             let name = p.last().to_string();
             if group_names.contains(&name) {

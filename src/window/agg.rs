@@ -65,7 +65,7 @@ pub struct Aggs {
 /// Parses the `--agg` list, adding argument fields to `fields` (deduplicated).
 pub fn parse(spec: &str, fields: &mut Vec<Path>) -> Result<Aggs, String> {
     let mut aggs = Aggs::default();
-    for item in split_top(spec)? {
+    for item in split_top(spec).map_err(|e| format!("--agg: {e}"))? {
         let item = item.trim();
         if item.is_empty() {
             continue;
@@ -171,10 +171,10 @@ pub fn parse(spec: &str, fields: &mut Vec<Path>) -> Result<Aggs, String> {
     Ok(aggs)
 }
 
-/// Splits at commas outside parentheses and quotes.
-pub fn split_top(s: &str) -> Result<Vec<&str>, String> {
-    let mut out = Vec::new();
-    let (mut depth, mut quoted, mut escaped, mut from) = (0i32, false, false, 0);
+/// The characters of `s` outside quoted names (`"..."`, with escapes), each with the depth of
+/// parentheses before it; then whether the quotes were balanced.
+fn unquoted(s: &str) -> (Vec<(usize, char, i32)>, bool) {
+    let (mut out, mut depth, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
     for (i, c) in s.char_indices() {
         if quoted {
             match c {
@@ -185,54 +185,47 @@ pub fn split_top(s: &str) -> Result<Vec<&str>, String> {
             }
             continue;
         }
+        out.push((i, c, depth));
         match c {
             '"' => quoted = true,
             '(' => depth += 1,
             ')' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(&s[from..i]);
-                from = i + 1;
-            }
             _ => {}
         }
-        if depth < 0 {
-            return Err(format!("--agg: unbalanced parentheses in {s:?}"));
-        }
     }
-    if quoted || depth != 0 {
-        return Err(format!("--agg: unbalanced quotes or parentheses in {s:?}"));
+    (out, !quoted)
+}
+
+/// Splits at commas outside parentheses and quotes.
+pub fn split_top(s: &str) -> Result<Vec<&str>, String> {
+    let (chars, closed) = unquoted(s);
+    let depth = chars.last().map_or(0, |&(_, c, d)| match c {
+        '(' => d + 1,
+        ')' => d - 1,
+        _ => d,
+    });
+    if !closed || depth != 0 || chars.iter().any(|&(_, c, d)| c == ')' && d <= 0) {
+        return Err(format!("unbalanced quotes or parentheses in {s:?}"));
+    }
+    let mut out = Vec::new();
+    let mut from = 0;
+    for &(i, c, d) in &chars {
+        if c == ',' && d == 0 {
+            out.push(&s[from..i]);
+            from = i + 1;
+        }
     }
     out.push(&s[from..]);
     Ok(out)
 }
 
+/// The parenthesis closing the one at `open`.
 fn close_paren(s: &str, open: usize) -> Option<usize> {
-    let mut depth = 0;
-    let mut quoted = false;
-    let mut escaped = false;
-    for (i, c) in s[open..].char_indices() {
-        if quoted {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => quoted = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => quoted = true,
-            '(' => depth += 1,
-            ')' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(open + i);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
+    let (chars, _) = unquoted(&s[open..]);
+    chars
+        .iter()
+        .find(|&&(_, c, d)| c == ')' && d == 1)
+        .map(|&(i, ..)| open + i)
 }
 
 /// A number as read: its value, and the integer it is when it is one (so integer sums,
