@@ -580,128 +580,76 @@ fn agrees_with_duckdb() {
     // Generated data, out of order within --max-out-of-order: nothing is late.
     let file = env.path("gen.ndjson");
     std::fs::write(&file, shuffled(20_000, 30, 4000)).unwrap();
-    let out = win_ok(
-        &["-q", "--tumbling", "1m", "--ts", "ts", "--by", "k", "--max-out-of-order", "4s", "-j", "2",
-          "--agg", "count(), sum(.n), min(.v), max(.v), avg(.v), p50(.v), p95(.v), p99(.v), stddev(.v), count_distinct(.n)",
-          file.to_str().unwrap()],
-        "",
-    );
-    let mut got = values(&out);
-    got.sort_by_key(|v| {
-        (
-            v["window_start_ms"].as_i64(),
-            v["k"].as_str().map(String::from),
-        )
-    });
-    let want = duckdb(
+    check_with_duckdb(
         &file,
+        &["--tumbling", "1m", "--by", "k", "--max-out-of-order", "4s", "-j", "2",
+          "--agg", "count(), sum(.n), min(.v), max(.v), avg(.v), p50(.v), p95(.v), p99(.v), stddev(.v), count_distinct(.n)"],
         "select (ts // 60000) * 60000, k, count(*), sum(n), min(v), max(v), avg(v), \
          quantile_disc(v, 0.5), quantile_disc(v, 0.95), quantile_disc(v, 0.99), stddev(v), \
          count(distinct n) from t group by all order by 1, 2",
-    );
-    compare(
-        &got,
-        &want,
-        &[
-            "window_start_ms",
-            "k",
-            "count",
-            "sum_n",
-            "min_v",
-            "max_v",
-            "avg_v",
-            "p50_v",
-            "p95_v",
-            "p99_v",
-            "stddev_v",
-            "count_distinct_n",
-        ],
+        &["window_start_ms", "k", "count", "sum_n", "min_v", "max_v", "avg_v", "p50_v", "p95_v",
+          "p99_v", "stddev_v", "count_distinct_n"],
     );
     // The committed fixture dump, by vehicle per 10 s.
     let fixture =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1/input.ndjson");
-    let out = win_ok(
+    let speed = [
+        "window_start_ms",
+        "vehicle_id",
+        "count",
+        "avg_speed",
+        "max_speed",
+        "p95_speed",
+    ];
+    check_with_duckdb(
+        &fixture,
         &[
-            "-q",
             "--tumbling",
             "10s",
-            "--ts",
-            "ts",
             "--by",
             "vehicle_id",
             "--agg",
             "count(), avg(.speed), max(.speed), p95(.speed)",
-            fixture.to_str().unwrap(),
         ],
-        "",
-    );
-    let mut got = values(&out);
-    got.sort_by_key(|v| {
-        (
-            v["window_start_ms"].as_i64(),
-            v["vehicle_id"].as_str().map(String::from),
-        )
-    });
-    let want = duckdb(
-        &fixture,
         "select (ts // 10000) * 10000, vehicle_id, count(*), avg(speed), max(speed), \
          quantile_disc(speed, 0.95) from t group by all order by 1, 2",
-    );
-    assert!(!want.is_empty());
-    compare(
-        &got,
-        &want,
-        &[
-            "window_start_ms",
-            "vehicle_id",
-            "count",
-            "avg_speed",
-            "max_speed",
-            "p95_speed",
-        ],
+        &speed,
     );
     // The telemetry generator's records, by vehicle per minute (the benchmark's query).
     let tel = env.path("tel.ndjson");
     std::fs::write(&tel, telemetry(3000, 1_795_000_000_500)).unwrap();
-    let out = win_ok(
+    check_with_duckdb(
+        &tel,
         &[
-            "-q",
             "--tumbling",
             "1m",
-            "--ts",
-            "ts",
             "--by",
             "vehicle_id",
             "--agg",
             "count(), avg(.speed), max(.speed), p95(.speed)",
-            tel.to_str().unwrap(),
         ],
-        "",
+        "select (epoch_ms(time_bucket(interval 1 minute, epoch_ms(ts)))), vehicle_id, count(*), \
+         avg(speed), max(speed), quantile_disc(speed, 0.95) from t group by all order by 1, 2",
+        &speed,
     );
-    let mut got = values(&out);
+}
+
+/// Runs window over `file` (event time from `ts`) and compares its results, ordered by window
+/// start then group (`names[1]`), with DuckDB's rows for `sql`, column by column.
+fn check_with_duckdb(file: &std::path::Path, args: &[&str], sql: &str, names: &[&str]) {
+    let mut all = vec!["-q", "--ts", "ts"];
+    all.extend(args);
+    all.push(file.to_str().unwrap());
+    let mut got = values(&win_ok(&all, ""));
     got.sort_by_key(|v| {
         (
             v["window_start_ms"].as_i64(),
-            v["vehicle_id"].as_str().map(String::from),
+            v[names[1]].as_str().map(String::from),
         )
     });
-    let want = duckdb(
-        &tel,
-        "select (epoch_ms(time_bucket(interval 1 minute, epoch_ms(ts)))), vehicle_id, count(*), \
-         avg(speed), max(speed), quantile_disc(speed, 0.95) from t group by all order by 1, 2",
-    );
-    compare(
-        &got,
-        &want,
-        &[
-            "window_start_ms",
-            "vehicle_id",
-            "count",
-            "avg_speed",
-            "max_speed",
-            "p95_speed",
-        ],
-    );
+    let want = duckdb(file, sql);
+    assert!(!want.is_empty());
+    compare(&got, &want, names);
 }
 
 #[test]
