@@ -130,3 +130,32 @@ pub fn segment_files(partition_dir: &Path, ext: &str) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// The example command lines of a tool's `--help` (the lines after "Examples:").
+pub fn help_examples(tool: &str) -> Vec<String> {
+    let help = String::from_utf8(
+        Command::new(bin(tool))
+            .arg("--help")
+            .output()
+            .expect("run --help")
+            .stdout,
+    )
+    .expect("utf-8 help");
+    help.split("Examples:\n")
+        .nth(1)
+        .expect("an Examples section")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// $PATH with the built tools first, so examples run as a user types them.
+pub fn path_with_tools() -> String {
+    format!(
+        "{}:{}",
+        bin("produce").parent().expect("a directory").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}

@@ -1,7 +1,7 @@
 //! `transform`: jq semantics through the real binary, envelopes, key/ts rewriting, lookups,
 //! validation, the three error modes, order under --jobs, pipes, and the man page examples.
 
-use crate::common::{bin, lines, run_with_stdin, telemetry, Env};
+use crate::common::{bin, help_examples, lines, path_with_tools, run_with_stdin, telemetry, Env};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Output, Stdio};
@@ -477,30 +477,10 @@ fn man_page_examples() {
     )
     .unwrap();
     std::fs::write(dir.join("etl.jq"), "select(.speed > 80)\n").unwrap();
-    let help = String::from_utf8(
-        Command::new(bin("transform"))
-            .arg("--help")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let examples: Vec<&str> = help
-        .split("Examples:\n")
-        .nth(1)
-        .expect("an Examples section")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let examples = help_examples("transform");
     let rec = r#"{"vehicle_id":"truck-1","speed":90,"ts":1795003723000,"lat":52.52,"lon":13.405}"#;
     let envl = r#"{"topic":"telemetry","partition":0,"offset":100,"ts":1795003723000,"key":null,"value":{"vehicle_id":"truck-1","speed":90,"readings":[{"id":"m1","kwh":1.5},{"id":"m2","kwh":2}]}}"#;
-    let bin_dir = bin("transform").parent().unwrap().to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_tools();
     // Each example: its input and a check of its output.
     type Check = Box<dyn Fn(&[Value])>;
     let cases: Vec<(&str, String, Check)> = vec![

@@ -2,7 +2,7 @@
 //! determinism (jobs, batching, resumed state), bad input, and results checked against
 //! DuckDB as an independent SQL engine.
 
-use crate::common::{bin, lines, run_with_stdin, telemetry, Env};
+use crate::common::{bin, help_examples, lines, path_with_tools, run_with_stdin, telemetry, Env};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Output, Stdio};
@@ -656,22 +656,7 @@ fn check_with_duckdb(file: &std::path::Path, args: &[&str], sql: &str, names: &[
 fn man_page_examples() {
     let env = Env::new();
     let dir = env.dir.path();
-    let help = String::from_utf8(
-        Command::new(bin("window"))
-            .arg("--help")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let examples: Vec<&str> = help
-        .split("Examples:\n")
-        .nth(1)
-        .expect("an Examples section")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let examples = help_examples("window");
     assert!(examples.len() >= 6);
     // Envelopes carrying every field the examples read.
     let mut input = String::new();
@@ -691,15 +676,10 @@ fn man_page_examples() {
         input.as_bytes(),
     );
     assert!(o.status.success());
-    let bin_dir = bin("window").parent().unwrap().to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_tools();
     for ex in examples {
         let mut c = Command::new("bash");
-        c.args(["-o", "pipefail", "-c", ex])
+        c.args(["-o", "pipefail", "-c", &ex])
             .current_dir(dir)
             .env("PATH", &path)
             .env("KAPPA_LOG", &log);
