@@ -3,5 +3,6 @@
 pub mod consume;
 pub mod logd;
 pub mod produce;
+pub mod store;
 pub mod transform;
 pub mod window;

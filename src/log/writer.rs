@@ -354,6 +354,18 @@ impl PartitionWriter {
 
 /// Takes the partition's advisory lock; the holder's pid is written into the lock file so a
 /// second writer can name it.
+/// Whether no writer holds the partition at `dir` (taking and at once releasing its lock).
+pub fn try_lock_partition(dir: &Path) -> Result<bool> {
+    let path = dir.join(LOCK_FILE);
+    let f = match OpenOptions::new().write(true).open(&path) {
+        Ok(f) => f,
+        // Never locked: a directory whose writer died before creating the lock file.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(setup(format!("{}: {e}", path.display()))),
+    };
+    Ok(Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok())
+}
+
 fn lock_partition(dir: &Path, wait: bool) -> Result<Flock<File>> {
     let path = dir.join(LOCK_FILE);
     let f = OpenOptions::new()

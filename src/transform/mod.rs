@@ -790,6 +790,32 @@ fn place(code: &str, part: &str) -> String {
     format!("line {line}, column {col}")
 }
 
+/// A jq condition over one value (`store --delete-when`): true when its first output is
+/// neither false nor null, as jq's `select` reads it.
+pub struct Predicate {
+    f: Filter,
+}
+
+impl Predicate {
+    pub fn new(code: &str, origin: &str) -> Result<Predicate, String> {
+        Ok(Predicate {
+            f: compile(code, origin, &[])?,
+        })
+    }
+
+    /// Tests the JSON `value` (its text).
+    pub fn test(&self, value: &[u8]) -> Result<bool, String> {
+        let v = value::parse(value).map_err(|e| e.to_string())?;
+        let ctx = Ctx::<D>::new(&self.f.lut, Vars::new([]));
+        let first = self.f.id.run((ctx, v)).next();
+        match first.map(jaq_core::unwrap_valr) {
+            None => Ok(false),
+            Some(Ok(v)) => Ok(!matches!(v, Val::Null | Val::Bool(false))),
+            Some(Err(e)) => Err(format!("jq error: {}", value::to_text(&e.into_val()))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,310 @@
+//! A consistent read of one table generation: the key index (when it checks out) plus the
+//! committed changes after it, over mappings of the changelog taken at open. Every reader
+//! (get, scan, export, stats, diff) and the writer's index rebuild go through here, so there
+//! is one definition of what a table holds.
+
+use super::changelog::{self, Commit, Entry, Segments};
+use super::keyindex::{self, KeyIndex};
+use super::table::{TableRef, Tables};
+use crate::error::{Error, Result};
+use crate::log::format::Record;
+use rustc_hash::FxHashMap;
+use std::path::{Path, PathBuf};
+
+/// The live state of a generation.
+pub struct View {
+    pub dir: PathBuf,
+    pub segs: Segments,
+    /// The key index, when present and consistent with the changelog.
+    index: Option<KeyIndex>,
+    /// Why the index was not used (missing, damaged, stale), for stats.
+    pub index_note: Option<String>,
+    /// Committed changes after the index, sorted by key: Some(offset) or None (deleted).
+    overlay: Vec<(Vec<u8>, Option<u64>)>,
+    /// The last commit marker and its offset.
+    pub last: Option<(u64, Commit)>,
+    /// Records after the last commit marker (a batch being written or cut short).
+    pub uncommitted: u64,
+    /// Records scanned after the index (or all of them without one).
+    pub tail_records: u64,
+}
+
+/// A live key with the offset of its latest upsert.
+pub type Live<'a> = (&'a [u8], u64);
+
+impl View {
+    /// Opens the version a reference names, retrying when a compaction replaced the
+    /// generation between resolving the name and mapping its files.
+    pub fn open_ref(tables: &Tables, t: &TableRef) -> Result<View> {
+        let mut tries = 0;
+        loop {
+            let (_, dir) = tables.resolve(t)?;
+            match Segments::open(&dir) {
+                Ok(segs) => return View::build(dir, segs),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 5 => tries += 1,
+                Err(e) => return Err(Error::io(format!("reading table {t}"), e)),
+            }
+        }
+    }
+
+    /// Opens a generation directory directly (the writer, which holds its lock).
+    pub fn open_dir(dir: &Path) -> Result<View> {
+        let segs =
+            Segments::open(dir).map_err(Error::io_with(|| format!("reading {}", dir.display())))?;
+        View::build(dir.to_path_buf(), segs)
+    }
+
+    fn build(dir: PathBuf, segs: Segments) -> Result<View> {
+        let mut v = View {
+            index: None,
+            index_note: None,
+            overlay: Vec::new(),
+            last: None,
+            uncommitted: 0,
+            tail_records: 0,
+            dir,
+            segs,
+        };
+        let mut from = v.segs.earliest();
+        match KeyIndex::open(&v.dir.join(keyindex::FILE_NAME)) {
+            Ok(None) => v.index_note = Some("missing".into()),
+            Err(why) => v.index_note = Some(format!("damaged ({why})")),
+            Ok(Some(ix)) => match changelog::record_at(&v.segs, ix.covered)?
+                .as_ref()
+                .and_then(changelog::classify)
+            {
+                Some(Entry::Commit(c)) if c.records == ix.records => {
+                    from = ix.covered + 1;
+                    v.last = Some((ix.covered, c));
+                    v.index = Some(ix);
+                }
+                _ => v.index_note = Some("stale (its commit is not in the changelog)".into()),
+            },
+        }
+        v.scan_tail(from)?;
+        Ok(v)
+    }
+
+    fn scan_tail(&mut self, from: u64) -> Result<()> {
+        let mut changes: FxHashMap<Vec<u8>, Option<u64>> = FxHashMap::default();
+        let mut pending: Vec<(&[u8], Option<u64>, u64)> = Vec::new();
+        let mut frames = self.segs.frames_from(from)?;
+        let mut records = 0u64;
+        let mut last = None;
+        while let Some(f) = frames.next_frame()? {
+            for r in f.records() {
+                if r.offset < from {
+                    continue;
+                }
+                records += 1;
+                match changelog::classify(&r) {
+                    Some(Entry::Upsert { key, .. }) => {
+                        pending.push((key, Some(r.offset), r.offset))
+                    }
+                    Some(Entry::Delete { key }) => pending.push((key, None, r.offset)),
+                    Some(Entry::Commit(c)) => {
+                        for (k, v, at) in pending.drain(..) {
+                            if at >= c.first {
+                                changes.insert(k.to_vec(), v);
+                            }
+                        }
+                        last = Some((r.offset, c));
+                    }
+                    None => {
+                        return Err(Error::Data(format!(
+                            "{}: offset {}: not a table record",
+                            self.dir.display(),
+                            r.offset
+                        )))
+                    }
+                }
+            }
+        }
+        self.uncommitted = pending.len() as u64;
+        self.tail_records = records;
+        if last.is_some() {
+            self.last = last;
+        }
+        let mut overlay: Vec<(Vec<u8>, Option<u64>)> = changes.into_iter().collect();
+        overlay.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.overlay = overlay;
+        Ok(())
+    }
+
+    fn index_err(&self, why: String) -> Error {
+        Error::Data(format!(
+            "{}: {}: {why} (remove it: it is rebuilt from the changelog)",
+            self.dir.display(),
+            keyindex::FILE_NAME
+        ))
+    }
+
+    /// The offset of `key`'s live upsert.
+    pub fn lookup(&self, key: &[u8]) -> Result<Option<u64>> {
+        if let Ok(i) = self.overlay.binary_search_by(|e| e.0.as_slice().cmp(key)) {
+            return Ok(self.overlay[i].1);
+        }
+        match &self.index {
+            Some(ix) => ix.find(key).map_err(|w| self.index_err(w)),
+            None => Ok(None),
+        }
+    }
+
+    /// Live keys in order, from `from` (inclusive) while `keep` holds: the index and the
+    /// overlay merged, deletions dropped. `keep` returning false ends the walk.
+    pub fn walk(
+        &self,
+        from: &[u8],
+        mut keep: impl FnMut(&[u8]) -> bool,
+        mut each: impl FnMut(Live<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let mut oi = self.overlay.partition_point(|e| e.0.as_slice() < from);
+        let (mut ii, n) = match &self.index {
+            Some(ix) => (
+                ix.lower_bound(from).map_err(|w| self.index_err(w))?,
+                ix.count,
+            ),
+            None => (0, 0),
+        };
+        loop {
+            let ie = match &self.index {
+                Some(ix) if ii < n => Some(ix.entry(ii).map_err(|w| self.index_err(w))?),
+                _ => None,
+            };
+            let oe = self.overlay.get(oi);
+            let (key, off) = match (ie, oe) {
+                (None, None) => return Ok(()),
+                (Some((k, o)), None) => {
+                    ii += 1;
+                    (k, Some(o))
+                }
+                (None, Some(e)) => {
+                    oi += 1;
+                    (e.0.as_slice(), e.1)
+                }
+                (Some((k, o)), Some(e)) => match k.cmp(e.0.as_slice()) {
+                    std::cmp::Ordering::Less => {
+                        ii += 1;
+                        (k, Some(o))
+                    }
+                    std::cmp::Ordering::Greater => {
+                        oi += 1;
+                        (e.0.as_slice(), e.1)
+                    }
+                    std::cmp::Ordering::Equal => {
+                        ii += 1;
+                        oi += 1;
+                        (e.0.as_slice(), e.1)
+                    }
+                },
+            };
+            if !keep(key) {
+                return Ok(());
+            }
+            if let Some(off) = off {
+                each((key, off))?;
+            }
+        }
+    }
+
+    /// Every live key, in order.
+    pub fn all(&self) -> Result<Vec<(Vec<u8>, u64)>> {
+        let mut out = Vec::new();
+        self.walk(
+            b"",
+            |_| true,
+            |(k, o)| {
+                out.push((k.to_vec(), o));
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+
+    pub fn commit(&self) -> Option<&Commit> {
+        self.last.as_ref().map(|l| &l.1)
+    }
+
+    /// Calls `each(i, record)` for the records at `offsets[i]`, visiting the changelog in
+    /// offset order: a sequential read for many keys, a few seeks for a few.
+    pub fn fetch<'s>(
+        &'s self,
+        offsets: &[u64],
+        mut each: impl FnMut(usize, &Record<'s>) -> Result<()>,
+    ) -> Result<()> {
+        let mut order: Vec<usize> = (0..offsets.len()).collect();
+        order.sort_unstable_by_key(|&i| offsets[i]);
+        let mut frames: Option<changelog::Frames<'s>> = None;
+        let mut cur: Option<changelog::Frame<'s>> = None;
+        // Jumping through the offset index beats reading frames in between past this gap.
+        const JUMP: u64 = 4096;
+        for i in order {
+            let want = offsets[i];
+            loop {
+                if let Some(f) = &cur {
+                    if want < f.info.next_offset() && want >= f.info.base_offset {
+                        break;
+                    }
+                }
+                let near = frames
+                    .as_ref()
+                    .is_some_and(|fr| want >= fr.next_offset() && want - fr.next_offset() < JUMP);
+                if !near {
+                    frames = Some(self.segs.frames_from(want)?);
+                }
+                // Set just above.
+                cur = frames.as_mut().expect("frames set").next_frame()?;
+                if cur.is_none() || cur.as_ref().is_some_and(|f| f.info.base_offset > want) {
+                    return Err(Error::Data(format!(
+                        "{}: offset {want} named by the key index is not in the changelog",
+                        self.dir.display()
+                    )));
+                }
+            }
+            let f = cur.as_ref().expect("found above");
+            let rec = f.records().find(|r| r.offset == want);
+            match rec {
+                Some(r) => each(i, &r)?,
+                None => {
+                    return Err(Error::Data(format!(
+                        "{}: offset {want} is missing from its frame",
+                        self.dir.display()
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The (timestamp, value) of each live key in `live`, in the same order, borrowed from
+    /// the mappings. Each record is checked to be the upsert of its key: the index is a
+    /// cache, and a wrong answer from it is damage, not data.
+    pub fn values(&self, live: &[(Vec<u8>, u64)]) -> Result<Vec<(i64, &[u8])>> {
+        let offsets: Vec<u64> = live.iter().map(|e| e.1).collect();
+        let mut vals: Vec<(i64, &[u8])> = vec![(changelog::NO_TS, &[][..]); live.len()];
+        self.fetch(&offsets, |i, r| match changelog::classify(r) {
+            Some(Entry::Upsert { key, value }) if key == live[i].0.as_slice() => {
+                vals[i] = (r.timestamp, value);
+                Ok(())
+            }
+            _ => Err(Error::Data(format!(
+                "{}: offset {} is not the upsert of key {:?} (the key index is damaged: remove {})",
+                self.dir.display(),
+                r.offset,
+                String::from_utf8_lossy(&live[i].0),
+                keyindex::FILE_NAME
+            ))),
+        })?;
+        Ok(vals)
+    }
+
+    /// Checks every frame of the changelog (stats, verify).
+    pub fn check_all(&self) -> Result<u64> {
+        let mut frames = self.segs.frames_from(self.segs.earliest())?;
+        let mut n = 0;
+        while let Some(f) = frames.next_frame()? {
+            n += f.info.record_count as u64;
+        }
+        Ok(n)
+    }
+}
