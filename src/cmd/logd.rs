@@ -46,7 +46,7 @@ pub enum Cmd {
     /// List, describe, reset and delete consumer groups
     #[command(subcommand)]
     Groups(GroupsCmd),
-    /// Check every frame, index and metadata file; exit 1 on any damage
+    /// Check every frame, index and metadata file of topics, groups and tables; exit 1 on any damage
     #[command(
         long_about = "Check every segment header, every frame's length, CRC and offset continuity, every \
 index and time index entry against the log, and the checksums of topic, group and checkpoint \
@@ -483,6 +483,7 @@ fn verify_cmd(log: &Log, v: VerifyArgs) -> Result<()> {
     }
     if v.filter.topics.is_empty() {
         verify::groups(log, &mut r);
+        crate::store::verify(log.root(), &mut r);
     }
     for p in &r.problems {
         stdout_line(&format!("DAMAGE {p}"))?;

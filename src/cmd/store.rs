@@ -89,10 +89,12 @@ Examples:
     version,
     about = ABOUT,
     long_about = LONG_ABOUT,
-    after_help = EXAMPLES,
-    args_conflicts_with_subcommands = true
+    after_help = EXAMPLES
 )]
 pub struct Args {
+    /// Log directory [env: KAPPA_LOG] [default: ./kappa-log]
+    #[arg(long = "log", value_name = "DIR", global = true)]
+    pub log: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Option<Cmd>,
     #[command(flatten)]
@@ -101,8 +103,6 @@ pub struct Args {
 
 #[derive(clap::Args, Debug)]
 pub struct WriteArgs {
-    #[command(flatten)]
-    pub log: LogArgs,
     /// Table to write: NAME (its live version) or NAME@vN
     #[arg(long, value_name = "NAME[@vN]")]
     pub table: Option<String>,
@@ -144,8 +144,6 @@ pub struct WriteArgs {
 pub enum Cmd {
     /// Print the records of KEYs (exit 1 when one is absent)
     Get {
-        #[command(flatten)]
-        log: LogArgs,
         /// NAME or NAME@vN
         table: String,
         #[arg(required = true)]
@@ -156,8 +154,6 @@ pub enum Cmd {
     },
     /// Print records in key order, optionally within a prefix or range
     Scan {
-        #[command(flatten)]
-        log: LogArgs,
         table: String,
         /// Keys starting with P
         #[arg(long, value_name = "P")]
@@ -177,8 +173,6 @@ pub enum Cmd {
     },
     /// Write the whole table sorted by key: NDJSON rows (default), CSV, or a SQLite database
     Export {
-        #[command(flatten)]
-        log: LogArgs,
         table: String,
         /// One JSON object per row: the key column, then the value's fields
         #[arg(long, group = "format")]
@@ -200,20 +194,11 @@ pub enum Cmd {
         key_column: String,
     },
     /// Keys, bytes, garbage ratio, applied offsets per source, as JSON; checks every CRC
-    Stats {
-        #[command(flatten)]
-        log: LogArgs,
-        table: String,
-    },
+    Stats { table: String },
     /// List the tables
-    List {
-        #[command(flatten)]
-        log: LogArgs,
-    },
+    List {},
     /// Compare a table with an expected CSV/NDJSON file or another table (exit 1 on a difference)
     Diff {
-        #[command(flatten)]
-        log: LogArgs,
         table: String,
         /// A file when it contains `/` or ends in .csv or .ndjson, else a table
         other: String,
@@ -233,30 +218,16 @@ pub enum Cmd {
         quiet: bool,
     },
     /// Rewrite a table version's changelog to its live keys
-    Compact {
-        #[command(flatten)]
-        log: LogArgs,
-        table: String,
-    },
+    Compact { table: String },
     /// Make NAME@vN the version NAME reads
     Promote {
-        #[command(flatten)]
-        log: LogArgs,
         /// NAME@vN
         table: String,
     },
     /// List a table's versions (the live one marked)
-    Versions {
-        #[command(flatten)]
-        log: LogArgs,
-        name: String,
-    },
+    Versions { name: String },
     /// Delete a version (NAME@vN), or a whole table (NAME)
-    Drop {
-        #[command(flatten)]
-        log: LogArgs,
-        table: String,
-    },
+    Drop { table: String },
 }
 
 pub fn command() -> clap::Command {
@@ -264,25 +235,31 @@ pub fn command() -> clap::Command {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let log = LogArgs { log: a.log };
+    let log = &log;
+    let w = &a.write;
+    if a.cmd.is_some()
+        && (w.table.is_some()
+            || w.key.is_some()
+            || w.delete_when.is_some()
+            || w.commit_group.is_some())
+    {
+        return Err(usage(
+            "--table, --key, --delete-when and --commit-group are for writing; a subcommand takes the table as an argument",
+        ));
+    }
     match a.cmd {
-        None => write(a.write),
-        Some(Cmd::Get {
-            log,
-            table,
-            keys,
-            value,
-        }) => get(&log, &table, &keys, value),
+        None => write(log, a.write),
+        Some(Cmd::Get { table, keys, value }) => get(log, &table, &keys, value),
         Some(Cmd::Scan {
-            log,
             table,
             prefix,
             from,
             to,
             limit,
             value,
-        }) => scan_cmd(&log, &table, prefix, from, to, limit, value),
+        }) => scan_cmd(log, &table, prefix, from, to, limit, value),
         Some(Cmd::Export {
-            log,
             table,
             ndjson: _,
             csv,
@@ -290,21 +267,20 @@ pub fn run(a: Args) -> Result<()> {
             sql_table,
             columns,
             key_column,
-        }) => export(&log, &table, csv, sqlite, sql_table, columns, &key_column),
-        Some(Cmd::Stats { log, table }) => stats(&log, &table),
-        Some(Cmd::List { log }) => list(&log),
+        }) => export(log, &table, csv, sqlite, sql_table, columns, &key_column),
+        Some(Cmd::Stats { table }) => stats(log, &table),
+        Some(Cmd::List {}) => list(log),
         Some(Cmd::Diff {
-            log,
             table,
             other,
             key,
             tolerance,
             quiet,
-        }) => diff_cmd(&log, &table, &other, key, tolerance, quiet),
-        Some(Cmd::Compact { log, table }) => compact(&log, &table),
-        Some(Cmd::Promote { log, table }) => promote(&log, &table),
-        Some(Cmd::Versions { log, name }) => versions(&log, &name),
-        Some(Cmd::Drop { log, table }) => drop_cmd(&log, &table),
+        }) => diff_cmd(log, &table, &other, key, tolerance, quiet),
+        Some(Cmd::Compact { table }) => compact(log, &table),
+        Some(Cmd::Promote { table }) => promote(log, &table),
+        Some(Cmd::Versions { name }) => versions(log, &name),
+        Some(Cmd::Drop { table }) => drop_cmd(log, &table),
     }
 }
 
@@ -317,7 +293,7 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(50);
 /// ...and a batch ends at this size whatever the input does.
 const BATCH_BYTES: u64 = 8 << 20;
 
-fn write(a: WriteArgs) -> Result<()> {
+fn write(log_args: &LogArgs, a: WriteArgs) -> Result<()> {
     let Some(name) = a.table.as_deref() else {
         return Err(usage(
             "give --table NAME to write, or a subcommand (get, scan, export, stats, list, diff, compact, promote, versions, drop); see --help",
@@ -354,7 +330,7 @@ fn write(a: WriteArgs) -> Result<()> {
         Some(e) => Some(crate::transform::Predicate::new(e, "--delete-when").map_err(usage)?),
         None => None,
     };
-    let log = Log::new(a.log.dir());
+    let log = Log::new(log_args.dir());
     let groups = match &a.commit_group {
         Some(g) => {
             crate::log::names::validate("group", g)?;
@@ -367,7 +343,7 @@ fn write(a: WriteArgs) -> Result<()> {
         ratio: a.compact_ratio,
         min_bytes,
     };
-    let mut w = TableWriter::open(tables(&a.log), &tref, a.fsync, policy)?;
+    let mut w = TableWriter::open(tables(log_args), &tref, a.fsync, policy)?;
     for n in std::mem::take(&mut w.notes) {
         cli::note(a.quiet, "store", &format!("{tref}: {n}"));
     }
@@ -393,12 +369,14 @@ fn write(a: WriteArgs) -> Result<()> {
     let closed = if r.is_ok() && end.is_ok() {
         w.close()
     } else {
-        Ok(())
+        Ok(Vec::new())
     };
     r?;
     end?;
     flushed?;
-    closed?;
+    for n in closed? {
+        cli::note(a.quiet, "store", &n);
+    }
     if !a.quiet {
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let mut msg = format!(
@@ -548,7 +526,7 @@ fn stdout_write(buf: &[u8]) -> Result<()> {
 
 fn get(log: &LogArgs, table: &str, keys: &[String], value_only: bool) -> Result<()> {
     let t = TableRef::parse(table)?;
-    let v = View::open_ref(&tables(log), &t)?;
+    let mut v = View::open_ref(&tables(log), &t)?;
     let mut live = Vec::new();
     let mut missing = Vec::new();
     for k in keys {
@@ -581,27 +559,17 @@ fn scan_cmd(
     value_only: bool,
 ) -> Result<()> {
     let t = TableRef::parse(table)?;
-    let v = View::open_ref(&tables(log), &t)?;
+    let mut v = View::open_ref(&tables(log), &t)?;
     let p = prefix.unwrap_or_default();
     let start = match &from {
         Some(f) if f.as_bytes() > p.as_bytes() => f.clone(),
         _ => p.clone(),
     };
     let limit = limit.unwrap_or(u64::MAX);
-    let mut live = Vec::new();
-    let taken = std::cell::Cell::new(0u64);
-    v.walk(
+    let live = v.range(
         start.as_bytes(),
-        |k| {
-            k.starts_with(p.as_bytes())
-                && to.as_ref().is_none_or(|t| k < t.as_bytes())
-                && taken.get() < limit
-        },
-        |(k, o)| {
-            taken.set(taken.get() + 1);
-            live.push((k.to_vec(), o));
-            Ok(())
-        },
+        |k| k.starts_with(p.as_bytes()) && to.as_ref().is_none_or(|t| k < t.as_bytes()),
+        limit,
     )?;
     print_records(&v, &live, value_only)
 }
@@ -659,7 +627,7 @@ fn export(
     key_column: &str,
 ) -> Result<()> {
     let t = TableRef::parse(table)?;
-    let v = View::open_ref(&tables(log), &t)?;
+    let mut v = View::open_ref(&tables(log), &t)?;
     let live = v.all()?;
     if let Some(file) = sqlite_file {
         let vals = v.values(&live)?;
@@ -807,7 +775,7 @@ fn stats(log: &LogArgs, table: &str) -> Result<()> {
     let m = tables
         .manifest(&t.name)?
         .ok_or_else(|| setup(format!("no table {:?}", t.name)))?;
-    let v = View::open_ref(&tables, &t)?;
+    let mut v = View::open_ref(&tables, &t)?;
     let (version, _) = tables.resolve(&t)?;
     // Stats reads every frame, so damage anywhere in the changelog is found here.
     v.check_all()?;
@@ -876,7 +844,7 @@ fn is_file_arg(s: &str) -> bool {
 }
 
 fn table_rows(tables: &Tables, t: &TableRef) -> Result<Vec<diff::Keyed>> {
-    let v = View::open_ref(tables, t)?;
+    let mut v = View::open_ref(tables, t)?;
     let live = v.all()?;
     let vals = v.values(&live)?;
     let keys: Vec<String> = live
@@ -952,10 +920,10 @@ fn compact(log: &LogArgs, table: &str) -> Result<()> {
         cli::note(false, "store", &format!("{t}: {n}"));
     }
     w.compact()?;
-    for n in std::mem::take(&mut w.notes) {
+    for n in w.close()? {
         cli::note(false, "store", &n);
     }
-    w.close()
+    Ok(())
 }
 
 fn promote(log: &LogArgs, table: &str) -> Result<()> {

@@ -304,7 +304,7 @@ impl<'a> Builder<'a> {
             None => match self.index.get(&*name) {
                 Some(&c) => c,
                 None => {
-                    // More than u32::MAX distinct names cannot fit in memory anyway.
+                    // SQLite refuses a table with over 32767 columns long before this could wrap.
                     let c = self.parsed.columns.len() as u32;
                     self.parsed.columns.push(name.clone());
                     self.index.insert(name, c);
@@ -360,22 +360,23 @@ fn parse<'a>(key_column: &'a str, rows: &[Row<'a>]) -> crate::Result<Parsed<'a>>
         cur: Vec::new(),
     };
     for row in rows {
-        let bad = |e: serde_json::Error| {
+        let bad = |e: &dyn fmt::Display| {
             data(format!(
                 "sqlite export: key {:?}: value is not valid JSON: {e}",
                 row.key
             ))
         };
-        let first = row
-            .value
-            .iter()
+        // One UTF-8 check for the whole value: a slice reader would check every field again.
+        let text = std::str::from_utf8(row.value).map_err(|e| bad(&e))?;
+        let first = text
+            .bytes()
             .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-        if first == Some(&b'{') {
-            let mut de = serde_json::Deserializer::from_slice(row.value);
-            serde::Deserializer::deserialize_map(&mut de, Fields(&mut b)).map_err(bad)?;
-            de.end().map_err(bad)?;
+        if first == Some(b'{') {
+            let mut de = serde_json::Deserializer::from_str(text);
+            serde::Deserializer::deserialize_map(&mut de, Fields(&mut b)).map_err(|e| bad(&e))?;
+            de.end().map_err(|e| bad(&e))?;
         } else {
-            let raw: &RawValue = serde_json::from_slice(row.value).map_err(bad)?;
+            let raw: &RawValue = serde_json::from_str(text).map_err(|e| bad(&e))?;
             if key_column == VALUE_COLUMN {
                 return Err(usage(format!(
                     "sqlite export: key {:?}: the value is not an object, and its column \
@@ -826,6 +827,13 @@ mod tests {
             assert_eq!(e.exit_code(), 1, "{e}");
             assert!(e.to_string().contains(r#"key "k\n""#), "{e}");
         }
+        let not_utf8 = [Row {
+            key: "u",
+            value: b"\"\xff\"",
+        }];
+        let e = export(&db, "t", "key", &not_utf8).unwrap_err();
+        assert_eq!(e.exit_code(), 1, "{e}");
+        assert!(e.to_string().contains(r#"key "u""#), "{e}");
         let conn = Connection::open(&db).unwrap();
         assert_eq!(column(&conn, "t", "x"), [int(1)]);
     }

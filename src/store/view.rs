@@ -29,9 +29,6 @@ pub struct View {
     pub tail_records: u64,
 }
 
-/// A live key with the offset of its latest upsert.
-pub type Live<'a> = (&'a [u8], u64);
-
 impl View {
     /// Opens the version a reference names, retrying when a compaction replaced the
     /// generation between resolving the name and mapping its files.
@@ -131,44 +128,67 @@ impl View {
         Ok(())
     }
 
-    fn index_err(&self, why: String) -> Error {
-        Error::Data(format!(
-            "{}: {}: {why} (remove it: it is rebuilt from the changelog)",
-            self.dir.display(),
-            keyindex::FILE_NAME
-        ))
+    /// A damaged index entry was met: forget the index and read the whole changelog, as
+    /// if there were none (it is a cache; the next write rebuilds it).
+    fn drop_index(&mut self, why: String) -> Result<()> {
+        self.index = None;
+        self.index_note = Some(format!("damaged ({why})"));
+        self.last = None;
+        let from = self.segs.earliest();
+        self.scan_tail(from)
     }
 
     /// The offset of `key`'s live upsert.
-    pub fn lookup(&self, key: &[u8]) -> Result<Option<u64>> {
+    pub fn lookup(&mut self, key: &[u8]) -> Result<Option<u64>> {
         if let Ok(i) = self.overlay.binary_search_by(|e| e.0.as_slice().cmp(key)) {
             return Ok(self.overlay[i].1);
         }
-        match &self.index {
-            Some(ix) => ix.find(key).map_err(|w| self.index_err(w)),
-            None => Ok(None),
+        let found = match &self.index {
+            Some(ix) => ix.find(key),
+            None => return Ok(None),
+        };
+        match found {
+            Ok(o) => Ok(o),
+            Err(why) => {
+                self.drop_index(why)?;
+                self.lookup(key)
+            }
         }
     }
 
-    /// Live keys in order, from `from` (inclusive) while `keep` holds: the index and the
-    /// overlay merged, deletions dropped. `keep` returning false ends the walk.
-    pub fn walk(
+    /// Live keys in order from `from` (inclusive) while `keep` holds, at most `limit`.
+    pub fn range(
+        &mut self,
+        from: &[u8],
+        keep: impl Fn(&[u8]) -> bool,
+        limit: u64,
+    ) -> Result<Vec<(Vec<u8>, u64)>> {
+        let mut out = Vec::new();
+        if let Err(why) = self.walk(from, &keep, limit, &mut out) {
+            self.drop_index(why)?;
+            out.clear();
+            self.walk(from, &keep, limit, &mut out)
+                .map_err(|w| Error::Data(format!("{}: {w}", self.dir.display())))?;
+        }
+        Ok(out)
+    }
+
+    /// The index and the overlay merged, deletions dropped; Err is a damaged index entry.
+    fn walk(
         &self,
         from: &[u8],
-        mut keep: impl FnMut(&[u8]) -> bool,
-        mut each: impl FnMut(Live<'_>) -> Result<()>,
-    ) -> Result<()> {
+        keep: &impl Fn(&[u8]) -> bool,
+        limit: u64,
+        out: &mut Vec<(Vec<u8>, u64)>,
+    ) -> Result<(), String> {
         let mut oi = self.overlay.partition_point(|e| e.0.as_slice() < from);
         let (mut ii, n) = match &self.index {
-            Some(ix) => (
-                ix.lower_bound(from).map_err(|w| self.index_err(w))?,
-                ix.count,
-            ),
+            Some(ix) => (ix.lower_bound(from)?, ix.count),
             None => (0, 0),
         };
-        loop {
+        while (out.len() as u64) < limit {
             let ie = match &self.index {
-                Some(ix) if ii < n => Some(ix.entry(ii).map_err(|w| self.index_err(w))?),
+                Some(ix) if ii < n => Some(ix.entry(ii)?),
                 _ => None,
             };
             let oe = self.overlay.get(oi);
@@ -202,23 +222,15 @@ impl View {
                 return Ok(());
             }
             if let Some(off) = off {
-                each((key, off))?;
+                out.push((key.to_vec(), off));
             }
         }
+        Ok(())
     }
 
     /// Every live key, in order.
-    pub fn all(&self) -> Result<Vec<(Vec<u8>, u64)>> {
-        let mut out = Vec::new();
-        self.walk(
-            b"",
-            |_| true,
-            |(k, o)| {
-                out.push((k.to_vec(), o));
-                Ok(())
-            },
-        )?;
-        Ok(out)
+    pub fn all(&mut self) -> Result<Vec<(Vec<u8>, u64)>> {
+        self.range(b"", |_| true, u64::MAX)
     }
 
     pub fn commit(&self) -> Option<&Commit> {

@@ -92,7 +92,7 @@ impl TableWriter {
             ));
         }
         drop(lock);
-        let view = View::open_dir(&dir)?;
+        let mut view = View::open_dir(&dir)?;
         if let Some(n) = &view.index_note {
             if view.last.is_some() {
                 notes.push(format!("key index {n}: rebuilt from the changelog"));
@@ -129,7 +129,7 @@ impl TableWriter {
             notes,
         };
         if w.index_stale && view.last.is_some() {
-            w.write_index(&view)?;
+            w.write_index(&mut view)?;
         }
         Ok(w)
     }
@@ -254,9 +254,9 @@ impl TableWriter {
 
     /// Rebuilds the key index and compacts when the garbage ratio calls for it.
     fn refresh(&mut self) -> Result<()> {
-        let view = View::open_dir(&self.dir)?;
+        let mut view = View::open_dir(&self.dir)?;
         let size = view.segs.bytes();
-        let live = self.write_index(&view)?;
+        let live = self.write_index(&mut view)?;
         let garbage = garbage_ratio(live, self.commit.records);
         if garbage > self.policy.ratio && size >= self.policy.min_bytes {
             drop(view);
@@ -267,11 +267,12 @@ impl TableWriter {
 
     /// Writes the key index for `view` (whose last commit must be the writer's); returns the
     /// number of live keys.
-    fn write_index(&mut self, view: &View) -> Result<u64> {
+    fn write_index(&mut self, view: &mut View) -> Result<u64> {
+        // Listed first: a damaged index met on the way is dropped and the commit re-read.
+        let live = view.all()?;
         let Some((covered, c)) = &view.last else {
             return Ok(0);
         };
-        let live = view.all()?;
         let bytes = keyindex::encode(
             live.iter().map(|(k, o)| (k.as_slice(), *o)),
             *covered,
@@ -290,7 +291,7 @@ impl TableWriter {
     /// switches the manifest to it atomically. Readers keep the generation they opened.
     pub fn compact(&mut self) -> Result<CompactReport> {
         self.commit()?;
-        let view = View::open_dir(&self.dir)?;
+        let mut view = View::open_dir(&self.dir)?;
         let live = view.all()?;
         let before = view.segs.bytes();
         let records_before = self.commit.records;
@@ -375,13 +376,15 @@ impl TableWriter {
         Ok(r)
     }
 
-    /// Commits, refreshes the index, compacts when due, and releases the table.
-    pub fn close(mut self) -> Result<()> {
+    /// Commits, refreshes the index, compacts when due, and releases the table. Returns
+    /// the notes of what it did.
+    pub fn close(mut self) -> Result<Vec<String>> {
         self.commit()?;
         if self.index_stale {
             self.refresh()?;
         }
-        self.pw.close()
+        self.pw.close()?;
+        Ok(self.notes)
     }
 }
 

@@ -11,6 +11,7 @@ pub fn bin(tool: &str) -> PathBuf {
         "logd" => PathBuf::from(env!("CARGO_BIN_EXE_logd")),
         "transform" => PathBuf::from(env!("CARGO_BIN_EXE_transform")),
         "window" => PathBuf::from(env!("CARGO_BIN_EXE_window")),
+        "store" => PathBuf::from(env!("CARGO_BIN_EXE_store")),
         other => panic!("no tool {other}"),
     }
 }

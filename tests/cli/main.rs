@@ -6,5 +6,6 @@ mod logd;
 mod man;
 mod produce_consume;
 mod recovery;
+mod store;
 mod transform;
 mod window;

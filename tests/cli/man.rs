@@ -20,6 +20,7 @@ fn man_pages_are_fresh() {
         ("logd", kappa::cmd::logd::command()),
         ("transform", kappa::cmd::transform::command()),
         ("window", kappa::cmd::window::command()),
+        ("store", kappa::cmd::store::command()),
     ];
     let update = std::env::var_os("KAPPA_UPDATE_MAN").is_some();
     let mut stale = Vec::new();
@@ -41,7 +42,7 @@ fn man_pages_are_fresh() {
 
 #[test]
 fn help_works_for_every_tool() {
-    for tool in ["produce", "consume", "logd", "transform"] {
+    for tool in ["produce", "consume", "logd", "transform", "window", "store"] {
         let o = std::process::Command::new(crate::common::bin(tool))
             .arg("--help")
             .output()
