@@ -46,7 +46,7 @@ without provenance (window results) are plain upserts, idempotent by key.
 
 Batches: records are applied in batches, each ended by a commit marker that carries the
 source offsets; a batch becomes visible to readers, and durable, as a whole. A batch ends
-when the input stalls (at most every 50 ms), every 8 MiB, and at the end. --fsync batch (the
+when the input stalls (at most every 50 ms), every 32 MiB, and at the end. --fsync batch (the
 default) fdatasyncs each commit: exit 0 means every record read is in the table and survives
 a power cut; `always` commits and syncs every record; `never` survives a crash of store, not
 of the machine. A killed store loses only its last, uncommitted batch, which a rerun applies.
@@ -291,7 +291,7 @@ fn tables(log: &LogArgs) -> Tables {
 /// Under --fsync batch a commit waits this long for more input before it syncs...
 const COMMIT_INTERVAL: Duration = Duration::from_millis(50);
 /// ...and a batch ends at this size whatever the input does.
-const BATCH_BYTES: u64 = 8 << 20;
+const BATCH_BYTES: u64 = 32 << 20;
 
 fn write(log_args: &LogArgs, a: WriteArgs) -> Result<()> {
     let Some(name) = a.table.as_deref() else {
@@ -347,7 +347,7 @@ fn write(log_args: &LogArgs, a: WriteArgs) -> Result<()> {
     for n in std::mem::take(&mut w.notes) {
         cli::note(a.quiet, "store", &format!("{tref}: {n}"));
     }
-    let mut reader = Reader::new(a.input, key, delete_when);
+    let reader = Reader::new(a.input, key, delete_when);
     let pb = progress::records_spinner(a.progress.wanted(), "store");
     let started = Instant::now();
     let mut st = Sink {
@@ -358,7 +358,25 @@ fn write(log_args: &LogArgs, a: WriteArgs) -> Result<()> {
         batch_bytes: 0,
         records: 0,
     };
-    let r = st.read(&mut reader, &mut bad, max, &pb);
+    // Lines are read and parsed on their own thread while this one writes the table.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(16);
+    let parser = std::thread::spawn(move || {
+        let r = parse_input(reader, &mut bad, max, &tx);
+        (r, bad)
+    });
+    let applied = st.apply_all(&rx, &pb);
+    drop(rx);
+    if let Err(e) = applied {
+        // The writer failed (rule 6: no retry): the input thread may be blocked on a live
+        // input, so it is not waited for. Committed batches stand; recovery does the rest.
+        pb.finish_and_clear();
+        return Err(e);
+    }
+    // The writer saw the channel close: the input thread has returned.
+    let (parsed, mut bad) = parser
+        .join()
+        .map_err(|_| data("the input thread stopped unexpectedly"))?;
+    let r = parsed;
     pb.finish_and_clear();
     // Whatever stopped the input, what was read before it is committed (valid data around a
     // bad record is never lost); a failed writer refuses, and recovery decides.
@@ -401,69 +419,176 @@ struct Sink {
     records: u64,
 }
 
+/// Parsed lines on their way to the writer: keys, values and topics copied into one
+/// buffer, so a batch owns everything it refers to.
+#[derive(Default)]
+struct Batch {
+    buf: Vec<u8>,
+    recs: Vec<Item>,
+    /// Input bytes the batch stands for.
+    bytes: u64,
+}
+
+struct Item {
+    key: (usize, usize),
+    value: Option<(usize, usize)>,
+    ts: Option<i64>,
+    /// topic span, partition, offset, sub
+    src: Option<((usize, usize), u32, u64, u64)>,
+}
+
+enum Msg {
+    Batch(Batch),
+    /// The input has nothing ready: a moment to commit.
+    Idle,
+}
+
+/// Batches are handed over at about this size.
+const HANDOFF_BYTES: usize = 1 << 20;
+
+fn push(buf: &mut Vec<u8>, b: &[u8]) -> (usize, usize) {
+    let at = buf.len();
+    buf.extend_from_slice(b);
+    (at, buf.len())
+}
+
+/// The input thread: reads lines, parses them, handles bad ones, and sends batches. Returns
+/// early (Ok) when the writer has gone away.
+fn parse_input(
+    mut reader: Reader,
+    bad: &mut BadRecords,
+    max: usize,
+    tx: &std::sync::mpsc::SyncSender<Msg>,
+) -> Result<()> {
+    let mut lr = LineReader::new(StdinFile::open(), max, Some(0));
+    let mut b = Batch::default();
+    let send = |b: &mut Batch| -> bool {
+        if b.recs.is_empty() {
+            return true;
+        }
+        tx.send(Msg::Batch(std::mem::take(b))).is_ok()
+    };
+    loop {
+        let next = lr.next_line();
+        let line = match next.map_err(|e| Error::io("reading input", e)) {
+            Err(e) => {
+                send(&mut b);
+                return Err(e);
+            }
+            Ok(Next::Eof) => {
+                send(&mut b);
+                return Ok(());
+            }
+            Ok(Next::Idle) => {
+                if !send(&mut b) || tx.send(Msg::Idle).is_err() {
+                    return Ok(());
+                }
+                lr.wait(-1);
+                continue;
+            }
+            Ok(Next::Line(line)) => line,
+        };
+        if line.bytes.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let handled = if line.oversize {
+            let msg = format!("record is larger than --max-record-bytes ({max} bytes)");
+            bad.handle("", line.no, &msg, line.bytes, None)
+        } else {
+            match reader.parse(line.bytes) {
+                Ok(p) => {
+                    let key = push(&mut b.buf, &p.key);
+                    let value = p.value.map(|v| push(&mut b.buf, v));
+                    let src = p
+                        .source
+                        .map(|(t, part, o, sub)| (push(&mut b.buf, t.as_bytes()), part, o, sub));
+                    b.recs.push(Item {
+                        key,
+                        value,
+                        ts: p.ts,
+                        src,
+                    });
+                    b.bytes += line.bytes.len() as u64;
+                    Ok(())
+                }
+                Err(msg) => {
+                    let prov = crate::cli::onerror::provenance_of(line.bytes);
+                    let pv = prov.as_ref().map(|(t, p, o)| Provenance {
+                        topic: t,
+                        partition: *p,
+                        offset: *o,
+                    });
+                    bad.handle("", line.no, &msg, line.bytes, pv)
+                }
+            }
+        };
+        if let Err(e) = handled {
+            // Fail mode: what came before the bad line still goes in.
+            send(&mut b);
+            return Err(e);
+        }
+        if b.buf.len() >= HANDOFF_BYTES && !send(&mut b) {
+            return Ok(());
+        }
+    }
+}
+
 impl Sink {
-    fn read(
+    /// The writer's side: applies batches, commits every BATCH_BYTES and when the input
+    /// stalls (waiting up to COMMIT_INTERVAL for more, so a trickle is group-committed).
+    fn apply_all(
         &mut self,
-        reader: &mut Reader,
-        bad: &mut BadRecords,
-        max: usize,
+        rx: &std::sync::mpsc::Receiver<Msg>,
         pb: &indicatif::ProgressBar,
     ) -> Result<()> {
-        let mut lr = LineReader::new(StdinFile::open(), max, Some(0));
-        loop {
-            match lr.next_line().map_err(|e| Error::io("reading input", e))? {
-                Next::Eof => return Ok(()),
-                Next::Idle => {
-                    if self.w.pending() > 0 {
-                        let since = self.last_commit.elapsed();
-                        if since < COMMIT_INTERVAL
-                            && lr.wait((COMMIT_INTERVAL - since).as_millis() as i32 + 1)
-                        {
-                            continue;
-                        }
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut next = rx.recv().ok();
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Batch(b) => {
+                    for it in &b.recs {
+                        let src = it.src.map(|(t, partition, offset, sub)| Source {
+                            // Copied from a &str by the input thread.
+                            topic: std::str::from_utf8(&b.buf[t.0..t.1]).unwrap_or_default(),
+                            partition,
+                            offset,
+                            sub,
+                        });
+                        let key = &b.buf[it.key.0..it.key.1];
+                        let value = it.value.map(|v| &b.buf[v.0..v.1]);
+                        self.w.apply(key, value, it.ts, src.as_ref())?;
+                    }
+                    self.records += b.recs.len() as u64;
+                    self.batch_bytes += b.bytes;
+                    if self.batch_bytes >= BATCH_BYTES {
                         self.commit(false)?;
+                        pb.set_position(self.records);
                     }
-                    pb.set_position(self.records);
-                    lr.wait(-1);
+                    next = rx.recv().ok();
                 }
-                Next::Line(line) => {
-                    if line.bytes.iter().all(u8::is_ascii_whitespace) {
+                Msg::Idle => {
+                    pb.set_position(self.records);
+                    if self.w.pending() == 0 {
+                        next = rx.recv().ok();
                         continue;
                     }
-                    if line.oversize {
-                        let msg = format!("record is larger than --max-record-bytes ({max} bytes)");
-                        bad.handle("", line.no, &msg, line.bytes, None)?;
-                        continue;
-                    }
-                    match reader.parse(line.bytes) {
-                        Ok(p) => {
-                            let src = p.source.map(|(topic, partition, offset, sub)| Source {
-                                topic,
-                                partition,
-                                offset,
-                                sub,
-                            });
-                            self.w.apply(&p.key, p.value, p.ts, src.as_ref())?;
-                            self.records += 1;
-                            self.batch_bytes += line.bytes.len() as u64;
-                            if self.batch_bytes >= BATCH_BYTES {
-                                self.commit(false)?;
-                                pb.set_position(self.records);
+                    let since = self.last_commit.elapsed();
+                    if since < COMMIT_INTERVAL {
+                        match rx.recv_timeout(COMMIT_INTERVAL - since) {
+                            Ok(m) => {
+                                next = Some(m);
+                                continue;
                             }
-                        }
-                        Err(msg) => {
-                            let prov = crate::cli::onerror::provenance_of(line.bytes);
-                            let pv = prov.as_ref().map(|(t, p, o)| Provenance {
-                                topic: t,
-                                partition: *p,
-                                offset: *o,
-                            });
-                            bad.handle("", line.no, &msg, line.bytes, pv)?;
+                            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                            Err(RecvTimeoutError::Timeout) => {}
                         }
                     }
+                    self.commit(false)?;
+                    next = rx.recv().ok();
                 }
             }
         }
+        Ok(())
     }
 
     /// Commits the batch, then the consumer group's offsets (`at_end`: the input ended, so

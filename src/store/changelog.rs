@@ -266,3 +266,87 @@ pub fn record_at(segs: &Segments, offset: u64) -> Result<Option<Record<'_>>> {
     }
     Ok(RecordIter::new(f.bytes, &f.info).find(|r| r.offset == offset))
 }
+
+/// Calls `each(i, record)` for the records at `offsets[i]`, visiting the changelog in
+/// offset order: a sequential read for many keys, a few seeks for a few.
+pub fn fetch<'s>(
+    segs: &'s Segments,
+    dir: &Path,
+    offsets: &[u64],
+    mut each: impl FnMut(usize, &Record<'s>) -> Result<()>,
+) -> Result<()> {
+    let mut order: Vec<usize> = (0..offsets.len()).collect();
+    order.sort_unstable_by_key(|&i| offsets[i]);
+    let mut frames: Option<Frames<'s>> = None;
+    let mut cur: Option<Frame<'s>> = None;
+    // The records of the current frame not yet passed: wanted offsets ascend, so each
+    // frame's records are walked once.
+    let mut recs: Option<crate::log::format::RecordIter<'s>> = None;
+    // Jumping through the offset index beats reading frames in between past this gap.
+    const JUMP: u64 = 4096;
+    for i in order {
+        let want = offsets[i];
+        loop {
+            if let Some(f) = &cur {
+                if want < f.info.next_offset() && want >= f.info.base_offset {
+                    break;
+                }
+            }
+            let near = frames
+                .as_ref()
+                .is_some_and(|fr| want >= fr.next_offset() && want - fr.next_offset() < JUMP);
+            if !near {
+                frames = Some(segs.frames_from(want)?);
+            }
+            // Set just above.
+            cur = frames.as_mut().expect("frames set").next_frame()?;
+            recs = cur.as_ref().map(|f| f.records());
+            if cur.is_none() || cur.as_ref().is_some_and(|f| f.info.base_offset > want) {
+                return Err(Error::Data(format!(
+                    "{}: offset {want} named by the key index is not in the changelog",
+                    dir.display()
+                )));
+            }
+        }
+        let rec = recs
+            .as_mut()
+            .and_then(|it| it.by_ref().find(|r| r.offset >= want))
+            .filter(|r| r.offset == want);
+        match rec {
+            Some(r) => each(i, &r)?,
+            None => {
+                return Err(Error::Data(format!(
+                    "{}: offset {want} is missing from its frame",
+                    dir.display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The (timestamp, value) of each live key in `live`, in the same order, borrowed from
+/// the mappings. Each record is checked to be the upsert of its key: the index is a
+/// cache, and a wrong answer from it is damage, not data.
+pub fn values<'s>(
+    segs: &'s Segments,
+    dir: &Path,
+    live: &[(Vec<u8>, u64)],
+) -> Result<Vec<(i64, &'s [u8])>> {
+    let offsets: Vec<u64> = live.iter().map(|e| e.1).collect();
+    let mut vals: Vec<(i64, &[u8])> = vec![(NO_TS, &[][..]); live.len()];
+    fetch(segs, dir, &offsets, |i, r| match classify(r) {
+        Some(Entry::Upsert { key, value }) if key == live[i].0.as_slice() => {
+            vals[i] = (r.timestamp, value);
+            Ok(())
+        }
+        _ => Err(Error::Data(format!(
+            "{}: offset {} is not the upsert of key {:?} (the key index is damaged: remove {})",
+            dir.display(),
+            r.offset,
+            String::from_utf8_lossy(&live[i].0),
+            super::keyindex::FILE_NAME
+        ))),
+    })?;
+    Ok(vals)
+}

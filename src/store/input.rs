@@ -51,6 +51,10 @@ pub struct Reader {
     pub delete_when: Option<Predicate>,
     scan: Scan,
     vscan: Scan,
+    /// The key fields as member names, when all of them are plain names (the fast path).
+    names: Option<Vec<Vec<u8>>>,
+    found: Vec<Option<Member>>,
+    value_finder: memchr::memmem::Finder<'static>,
 }
 
 /// One line, understood.
@@ -66,12 +70,21 @@ pub struct Parsed<'a> {
 
 impl Reader {
     pub fn new(mode: InputMode, key: KeySpec, delete_when: Option<Predicate>) -> Reader {
+        let names = match &key {
+            KeySpec::Fields(f) if f.iter().all(|n| !n.starts_with('/')) => {
+                Some(f.iter().map(|n| n.as_bytes().to_vec()).collect::<Vec<_>>())
+            }
+            _ => None,
+        };
         Reader {
             mode,
             key,
             delete_when,
             scan: Scan::default(),
             vscan: Scan::default(),
+            found: vec![None; names.as_ref().map_or(0, |n| n.len())],
+            names,
+            value_finder: memchr::memmem::Finder::new(b"\"value"),
         }
     }
 
@@ -79,15 +92,59 @@ impl Reader {
         if let Err(e) = std::str::from_utf8(line) {
             return Err(format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1));
         }
+        // An envelope has a member whose name starts with `value`: a line without those
+        // bytes (and without escapes, which could spell them) is a plain record, and only
+        // its key fields need finding.
+        let surely_plain = match self.mode {
+            InputMode::Plain => true,
+            InputMode::Envelope => false,
+            InputMode::Auto => {
+                memchr::memchr(b'\\', line).is_none() && self.value_finder.find(line).is_none()
+            }
+        };
+        if surely_plain {
+            if let Some(names) = &self.names {
+                let refs: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
+                if !scan::scan_pick(line, &refs, &mut self.found) {
+                    return Err(crate::transform::not_an_object(line));
+                }
+                let mut key = Vec::with_capacity(32);
+                for (i, m) in self.found.iter().enumerate() {
+                    if i > 0 {
+                        key.push(b'|');
+                    }
+                    let name = || String::from_utf8_lossy(refs[i]).into_owned();
+                    let m =
+                        m.ok_or_else(|| format!("no key field {:?} (or it is null)", name()))?;
+                    key_text(&mut key, line, &m)
+                        .ok_or_else(|| format!("no key field {:?} (or it is null)", name()))?;
+                }
+                let value = self.deleted(line_trimmed(line))?;
+                return Ok(Parsed {
+                    key,
+                    value,
+                    ts: None,
+                    source: None,
+                });
+            }
+        }
         if !scan::scan_object(line, &mut self.scan) {
             return Err(crate::transform::not_an_object(line));
         }
         let mut env: [Option<Member>; ENV_NAMES.len()] = [None; ENV_NAMES.len()];
-        let mut all_env = true;
-        for m in &self.scan.members {
-            match ENV_NAMES.iter().position(|n| scan::key_is(line, m, n)) {
-                Some(i) => env[i] = Some(*m),
-                None => all_env = false,
+        let mut all_env = self.mode != InputMode::Plain;
+        if all_env {
+            for m in &self.scan.members {
+                match ENV_NAMES.iter().position(|n| scan::key_is(line, m, n)) {
+                    Some(i) => env[i] = Some(*m),
+                    None => {
+                        all_env = false;
+                        // One foreign member makes a plain record in auto mode.
+                        if self.mode == InputMode::Auto {
+                            break;
+                        }
+                    }
+                }
             }
         }
         let has_value =
@@ -234,6 +291,25 @@ fn envelope_key(line: &[u8], env: &[Option<Member>]) -> Result<Vec<u8>, String> 
         }
         (Some(k), _) if k.kind != Kind::Null => Err("the envelope's key is not a string".into()),
         _ => Err("the record has no key (null); give --key FIELD to key by a field".into()),
+    }
+}
+
+/// Appends the key text of member `m` of `text`: a string's contents (copied as is when it
+/// has no escapes), a number's or boolean's literal, compact JSON for objects and arrays;
+/// None for null.
+fn key_text(out: &mut Vec<u8>, text: &[u8], m: &Member) -> Option<()> {
+    let raw = m.value(text);
+    match m.kind {
+        Kind::Null => None,
+        Kind::Str if !raw.contains(&b'\\') => {
+            out.extend_from_slice(&raw[1..raw.len() - 1]);
+            Some(())
+        }
+        _ => {
+            let t = scalar_text(std::str::from_utf8(raw).ok()?)?;
+            out.extend_from_slice(t.as_bytes());
+            Some(())
+        }
     }
 }
 

@@ -7,7 +7,6 @@ use super::changelog::{self, Commit, Entry, Segments};
 use super::keyindex::{self, KeyIndex};
 use super::table::{TableRef, Tables};
 use crate::error::{Error, Result};
-use crate::log::format::Record;
 use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 
@@ -102,7 +101,13 @@ impl View {
                     Some(Entry::Commit(c)) => {
                         for (k, v, at) in pending.drain(..) {
                             if at >= c.first {
-                                changes.insert(k.to_vec(), v);
+                                // Most keys repeat: update in place, allocate only new ones.
+                                match changes.get_mut(k) {
+                                    Some(slot) => *slot = v,
+                                    None => {
+                                        changes.insert(k.to_vec(), v);
+                                    }
+                                }
                             }
                         }
                         last = Some((r.offset, c));
@@ -237,77 +242,9 @@ impl View {
         self.last.as_ref().map(|l| &l.1)
     }
 
-    /// Calls `each(i, record)` for the records at `offsets[i]`, visiting the changelog in
-    /// offset order: a sequential read for many keys, a few seeks for a few.
-    pub fn fetch<'s>(
-        &'s self,
-        offsets: &[u64],
-        mut each: impl FnMut(usize, &Record<'s>) -> Result<()>,
-    ) -> Result<()> {
-        let mut order: Vec<usize> = (0..offsets.len()).collect();
-        order.sort_unstable_by_key(|&i| offsets[i]);
-        let mut frames: Option<changelog::Frames<'s>> = None;
-        let mut cur: Option<changelog::Frame<'s>> = None;
-        // Jumping through the offset index beats reading frames in between past this gap.
-        const JUMP: u64 = 4096;
-        for i in order {
-            let want = offsets[i];
-            loop {
-                if let Some(f) = &cur {
-                    if want < f.info.next_offset() && want >= f.info.base_offset {
-                        break;
-                    }
-                }
-                let near = frames
-                    .as_ref()
-                    .is_some_and(|fr| want >= fr.next_offset() && want - fr.next_offset() < JUMP);
-                if !near {
-                    frames = Some(self.segs.frames_from(want)?);
-                }
-                // Set just above.
-                cur = frames.as_mut().expect("frames set").next_frame()?;
-                if cur.is_none() || cur.as_ref().is_some_and(|f| f.info.base_offset > want) {
-                    return Err(Error::Data(format!(
-                        "{}: offset {want} named by the key index is not in the changelog",
-                        self.dir.display()
-                    )));
-                }
-            }
-            let f = cur.as_ref().expect("found above");
-            let rec = f.records().find(|r| r.offset == want);
-            match rec {
-                Some(r) => each(i, &r)?,
-                None => {
-                    return Err(Error::Data(format!(
-                        "{}: offset {want} is missing from its frame",
-                        self.dir.display()
-                    )))
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The (timestamp, value) of each live key in `live`, in the same order, borrowed from
-    /// the mappings. Each record is checked to be the upsert of its key: the index is a
-    /// cache, and a wrong answer from it is damage, not data.
+    /// The (timestamp, value) of each live key in `live`; see [`changelog::values`].
     pub fn values(&self, live: &[(Vec<u8>, u64)]) -> Result<Vec<(i64, &[u8])>> {
-        let offsets: Vec<u64> = live.iter().map(|e| e.1).collect();
-        let mut vals: Vec<(i64, &[u8])> = vec![(changelog::NO_TS, &[][..]); live.len()];
-        self.fetch(&offsets, |i, r| match changelog::classify(r) {
-            Some(Entry::Upsert { key, value }) if key == live[i].0.as_slice() => {
-                vals[i] = (r.timestamp, value);
-                Ok(())
-            }
-            _ => Err(Error::Data(format!(
-                "{}: offset {} is not the upsert of key {:?} (the key index is damaged: remove {})",
-                self.dir.display(),
-                r.offset,
-                String::from_utf8_lossy(&live[i].0),
-                keyindex::FILE_NAME
-            ))),
-        })?;
-        Ok(vals)
+        changelog::values(&self.segs, &self.dir, live)
     }
 
     /// Checks every frame of the changelog (stats, verify).

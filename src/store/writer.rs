@@ -4,7 +4,7 @@
 //! high-water mark; keeps the key index fresh; compacts the changelog into a new generation.
 
 use super::changelog::{self, Commit, NO_TS};
-use super::keyindex;
+use super::keyindex::{self, KeyIndex};
 use super::table::{TableRef, Tables};
 use super::view::View;
 use crate::error::{Error, Result};
@@ -12,6 +12,7 @@ use crate::log::format::RecordRef;
 use crate::log::meta;
 use crate::log::topic::TopicConfig;
 use crate::log::writer::{FsyncMode, PartitionWriter};
+use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -57,6 +58,13 @@ pub struct TableWriter {
     pub upserts: u64,
     pub deletes: u64,
     pub compactions: u32,
+    /// Changes since the key index was written (committed, once refresh looks at them):
+    /// Some(offset of the upsert) or None (deleted). The index plus these is the table.
+    changes: FxHashMap<Box<[u8]>, Option<u64>>,
+    /// Offset of the last commit marker.
+    last_marker: Option<u64>,
+    /// Old generations being removed; a leftover is swept by the next writer.
+    removals: Vec<std::thread::JoinHandle<std::result::Result<(), String>>>,
     /// What recovery and compaction did, for the caller to report.
     pub notes: Vec<String>,
 }
@@ -126,10 +134,18 @@ impl TableWriter {
             upserts: 0,
             deletes: 0,
             compactions: 0,
+            changes: FxHashMap::default(),
+            last_marker: view.last.as_ref().map(|l| l.0),
+            removals: Vec::new(),
             notes,
         };
+        if view.last.is_none() {
+            // No commit yet: no index can describe this changelog.
+            let _ = std::fs::remove_file(w.dir.join(keyindex::FILE_NAME));
+        }
         if w.index_stale && view.last.is_some() {
-            w.write_index(&mut view)?;
+            let live = view.all()?;
+            w.write_index(&live, view.segs.bytes())?;
         }
         Ok(w)
     }
@@ -190,6 +206,13 @@ impl TableWriter {
         let off = self.pw.append(&rec)?;
         debug_assert_eq!(off, before);
         self.since_index += rec.encoded_len() as u64;
+        let now = value.map(|_| off);
+        match self.changes.get_mut(key) {
+            Some(slot) => *slot = now,
+            None => {
+                self.changes.insert(key.into(), now);
+            }
+        }
         self.batch_first.get_or_insert(off);
         self.batch_records += 1;
         if value.is_some() {
@@ -222,7 +245,7 @@ impl TableWriter {
         next.sources.extend(std::mem::take(&mut self.batch_sources));
         let body = serde_json::to_vec(&next)
             .map_err(|e| Error::Data(format!("encoding a commit marker: {e}")))?;
-        self.pw.append(&RecordRef {
+        let marker = self.pw.append(&RecordRef {
             timestamp: NO_TS,
             key: None,
             value: &body,
@@ -230,6 +253,7 @@ impl TableWriter {
             header_count: 1,
             value_is_json: true,
         })?;
+        self.last_marker = Some(marker);
         if self.fsync == FsyncMode::Never {
             self.pw.flush()?;
         } else {
@@ -241,7 +265,7 @@ impl TableWriter {
         self.index_stale = true;
         // The index is rebuilt once the changes since the last one are a good part of the
         // table, so readers never scan a long tail and the rebuilds cost O(1) per record.
-        if self.since_index > (32 << 20).max(self.size_at_index / 2) {
+        if self.since_index > (64 << 20).max(self.size_at_index) {
             self.refresh()?;
         }
         Ok(true)
@@ -252,48 +276,73 @@ impl TableWriter {
         &self.commit.sources
     }
 
-    /// Rebuilds the key index and compacts when the garbage ratio calls for it.
+    /// Every live key as of the last commit: the key index merged with the changes since.
+    fn live_now(&mut self) -> Result<Vec<(Vec<u8>, u64)>> {
+        let mut ch: Vec<(&[u8], Option<u64>)> =
+            self.changes.iter().map(|(k, v)| (&**k, *v)).collect();
+        ch.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let merged = match KeyIndex::open(&self.dir.join(keyindex::FILE_NAME)) {
+            Ok(ix) => merge(ix.as_ref(), &ch),
+            Err(e) => Err(e),
+        };
+        match merged {
+            Ok(live) => Ok(live),
+            // A damaged index: the changelog says it all.
+            Err(_) => View::open_dir(&self.dir)?.all(),
+        }
+    }
+
+    fn changelog_bytes(&self) -> Result<u64> {
+        Ok(changelog::Segments::open(&self.dir)
+            .map_err(Error::io_with(|| format!("reading {}", self.dir.display())))?
+            .bytes())
+    }
+
+    /// Rebuilds the key index, or compacts when the garbage ratio calls for it.
     fn refresh(&mut self) -> Result<()> {
-        let mut view = View::open_dir(&self.dir)?;
-        let size = view.segs.bytes();
-        let live = self.write_index(&mut view)?;
-        let garbage = garbage_ratio(live, self.commit.records);
+        let live = self.live_now()?;
+        let size = self.changelog_bytes()?;
+        let garbage = garbage_ratio(live.len() as u64, self.commit.records);
         if garbage > self.policy.ratio && size >= self.policy.min_bytes {
-            drop(view);
-            self.compact()?;
+            self.compact_with(live)?;
+        } else {
+            self.write_index(&live, size)?;
         }
         Ok(())
     }
 
-    /// Writes the key index for `view` (whose last commit must be the writer's); returns the
-    /// number of live keys.
-    fn write_index(&mut self, view: &mut View) -> Result<u64> {
-        // Listed first: a damaged index met on the way is dropped and the commit re-read.
-        let live = view.all()?;
-        let Some((covered, c)) = &view.last else {
-            return Ok(0);
+    /// Writes the key index as of the last commit, listing `live`.
+    fn write_index(&mut self, live: &[(Vec<u8>, u64)], size: u64) -> Result<()> {
+        let Some(covered) = self.last_marker else {
+            return Ok(());
         };
         let bytes = keyindex::encode(
             live.iter().map(|(k, o)| (k.as_slice(), *o)),
-            *covered,
-            c.records,
+            covered,
+            self.commit.records,
         );
         let path = self.dir.join(keyindex::FILE_NAME);
         meta::write_atomic(&path, &bytes)
             .map_err(Error::io_with(|| format!("writing {}", path.display())))?;
+        self.changes.clear();
         self.since_index = 0;
-        self.size_at_index = view.segs.bytes();
+        self.size_at_index = size;
         self.index_stale = false;
-        Ok(live.len() as u64)
+        Ok(())
     }
 
     /// Rewrites the changelog to the live keys only, in key order, as a new generation, and
     /// switches the manifest to it atomically. Readers keep the generation they opened.
     pub fn compact(&mut self) -> Result<CompactReport> {
         self.commit()?;
-        let mut view = View::open_dir(&self.dir)?;
-        let live = view.all()?;
-        let before = view.segs.bytes();
+        let live = self.live_now()?;
+        self.compact_with(live)
+    }
+
+    fn compact_with(&mut self, live: Vec<(Vec<u8>, u64)>) -> Result<CompactReport> {
+        let segs = changelog::Segments::open(&self.dir)
+            .map_err(Error::io_with(|| format!("reading {}", self.dir.display())))?;
+        let before = segs.bytes();
         let records_before = self.commit.records;
         let new_gen = self.gen + 1;
         let new_dir = self.tables.gen_dir(&self.tref.name, self.version, new_gen);
@@ -302,7 +351,7 @@ impl TableWriter {
                 .map_err(Error::io_with(|| format!("removing {}", new_dir.display())))?;
         }
         let mut pw = PartitionWriter::open(&new_dir, &changelog_config(), FsyncMode::Batch, false)?;
-        let vals = view.values(&live)?;
+        let vals = changelog::values(&segs, &self.dir, &live)?;
         let mut entries = Vec::with_capacity(live.len());
         for ((k, _), (ts, v)) in live.iter().zip(&vals) {
             let off = pw.append(&RecordRef {
@@ -336,7 +385,7 @@ impl TableWriter {
         meta::write_atomic(&ipath, &ix)
             .map_err(Error::io_with(|| format!("writing {}", ipath.display())))?;
         drop(vals);
-        drop(view);
+        drop(segs);
         // The switch: one atomic manifest rewrite under the table lock.
         let lock = self.tables.lock(&self.tref.name, false)?;
         let mut m = self
@@ -347,16 +396,23 @@ impl TableWriter {
             vm.gen = new_gen;
         }
         self.tables.write_manifest(&self.tref.name, &m, &lock)?;
-        let old = std::mem::replace(&mut self.pw, pw);
+        // The old generation is garbage now: no need to sync or checkpoint it, only to
+        // release its lock and remove it, on a thread (unlinking large files takes a while).
+        drop(std::mem::replace(&mut self.pw, pw));
         let old_dir = std::mem::replace(&mut self.dir, new_dir);
-        old.close()?;
         self.gen = new_gen;
-        std::fs::remove_dir_all(&old_dir)
-            .map_err(Error::io_with(|| format!("removing {}", old_dir.display())))?;
         drop(lock);
+        self.removals.push(std::thread::spawn(move || {
+            std::fs::remove_dir_all(&old_dir)
+                .map_err(|e| format!("removing {}: {e}", old_dir.display()))
+        }));
         self.commit = c;
+        self.last_marker = Some(covered);
+        self.changes.clear();
         self.since_index = 0;
-        self.size_at_index = View::open_dir(&self.dir)?.segs.bytes();
+        self.size_at_index = changelog::Segments::open(&self.dir)
+            .map_err(Error::io_with(|| format!("reading {}", self.dir.display())))?
+            .bytes();
         self.index_stale = false;
         self.compactions += 1;
         let r = CompactReport {
@@ -384,6 +440,11 @@ impl TableWriter {
             self.refresh()?;
         }
         self.pw.close()?;
+        for h in std::mem::take(&mut self.removals) {
+            if let Ok(Err(e)) = h.join() {
+                self.notes.push(format!("{e} (removed by the next writer)"));
+            }
+        }
         Ok(self.notes)
     }
 }
@@ -400,5 +461,51 @@ pub fn garbage_ratio(live: u64, records: u64) -> f64 {
         0.0
     } else {
         1.0 - live as f64 / records as f64
+    }
+}
+
+/// The index's entries merged with sorted changes (a change wins; None drops the key). Err
+/// names a damaged index entry.
+fn merge(
+    ix: Option<&KeyIndex>,
+    ch: &[(&[u8], Option<u64>)],
+) -> Result<Vec<(Vec<u8>, u64)>, String> {
+    let n = ix.map_or(0, |i| i.count);
+    let mut out = Vec::with_capacity(n as usize + ch.len());
+    let (mut i, mut j) = (0u64, 0usize);
+    loop {
+        let ie = match ix {
+            Some(x) if i < n => Some(x.entry(i)?),
+            _ => None,
+        };
+        let (key, off) = match (ie, ch.get(j)) {
+            (None, None) => return Ok(out),
+            (Some((k, o)), None) => {
+                i += 1;
+                (k, Some(o))
+            }
+            (None, Some(c)) => {
+                j += 1;
+                (c.0, c.1)
+            }
+            (Some((k, o)), Some(c)) => match k.cmp(c.0) {
+                std::cmp::Ordering::Less => {
+                    i += 1;
+                    (k, Some(o))
+                }
+                std::cmp::Ordering::Greater => {
+                    j += 1;
+                    (c.0, c.1)
+                }
+                std::cmp::Ordering::Equal => {
+                    i += 1;
+                    j += 1;
+                    (c.0, c.1)
+                }
+            },
+        };
+        if let Some(o) = off {
+            out.push((key.to_vec(), o));
+        }
     }
 }
