@@ -3,13 +3,13 @@
 # file (cat, dd, jq), since the machine is shared and noisy. Each command runs RUNS times and
 # the best wall time is kept (jq and mlr, much slower, run once). Usage: scripts/bench.sh [RECORDS]
 # (default 2,000,000). ONLY="window transform" runs just those sections (after the baselines);
-# the sections are produce, consume, latency, transform and window.
+# the sections are produce, consume, latency, transform, window and store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000000}
 runs=${RUNS:-3}
 cargo build --release --quiet
-bin="$PWD/target/release"
+bin="${CARGO_TARGET_DIR:-$PWD/target}/release"
 work=${BENCH_DIR:-$(mktemp -d)}
 mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
@@ -180,4 +180,38 @@ scripts/gen-telemetry.sh "$n" 1795000000000 1000000 > "$work/keys.ndjson"
 cmd="'$bin/window' -q -j 2 --tumbling 1m --ts ts --by vehicle_id --agg '$agg' '$work/keys.ndjson'"
 t=$(best "$cmd"); row "window -j 2, 1M groups" "$t"
 printf '%58s %7d MB peak RSS\n' "" "$(peak "$cmd")"
+fi
+
+if want store; then
+echo "== store: upsert $n records with 100,000 distinct keys (--key vehicle_id), beside SQLite"
+scripts/gen-telemetry.sh "$n" 1795000000000 100000 > "$work/upsert.ndjson"
+slog="$work/slog"
+SETUP="rm -rf '$slog'"
+t_sn=$(best "'$bin/store' --log '$slog' -q --table t --key vehicle_id --fsync never < '$work/upsert.ndjson'"); row "store --fsync never" "$t_sn"
+t_sb=$(best "'$bin/store' --log '$slog' -q --table t --key vehicle_id --fsync batch < '$work/upsert.ndjson'"); row "store --fsync batch" "$t_sb"
+unset SETUP
+if command -v sqlite3 >/dev/null; then
+  # SQLite's own C code end to end: .import the lines, then one INSERT OR REPLACE (last
+  # write wins in input order), without journal or syncs (generous to SQLite).
+  { echo "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"; echo "CREATE TABLE raw(line TEXT);"
+    echo ".mode ascii"; printf '.separator "\x1f" "\\n"\n'; echo ".import '$work/upsert.ndjson' raw"
+    echo "CREATE TABLE t(key TEXT PRIMARY KEY, value TEXT);"
+    echo "INSERT OR REPLACE INTO t SELECT json_extract(line, '\$.vehicle_id'), line FROM raw ORDER BY rowid;"
+    echo "DROP TABLE raw;"; } > "$work/load.sql"
+  SETUP="rm -f '$work/load.db'"
+  t_sq=$(slow "sqlite3 '$work/load.db' < '$work/load.sql'"); row "sqlite3: .import + INSERT OR REPLACE, no sync" "$t_sq"
+  unset SETUP
+  printf '%58s %7.2fx sqlite3 (never), %.2fx (batch)\n' "" "$(echo "$t_sq / $t_sn" | bc -l)" "$(echo "$t_sq / $t_sb" | bc -l)"
+fi
+echo "== store: a table of 1,000,000 keys: get latency and export"
+scripts/gen-telemetry.sh 1000000 1795000000000 1000000 > "$work/keys1m.ndjson"
+rm -rf "$slog"
+"$bin/store" --log "$slog" -q --table big --key vehicle_id < "$work/keys1m.ndjson"
+cargo bench --quiet --bench store_get -- "$slog" big 10000 2>/dev/null
+t_g=$(best "'$bin/store' --log '$slog' get big truck-500000"); printf '%-58s %7.2f ms\n' "store get (a whole process, best of $runs)" "$(echo "$t_g * 1000" | bc -l)"
+n_saved=$n; bytes_saved=$bytes; n=1000000; bytes=$(stat -c %s "$work/keys1m.ndjson")
+t_c1=$(best "cat '$work/keys1m.ndjson'"); row "cat of the 1M-record input (baseline)" "$t_c1"
+t_e=$(best "'$bin/store' --log '$slog' export big"); row "store export big --ndjson" "$t_e"
+t_ec=$(best "'$bin/store' --log '$slog' export big --csv"); row "store export big --csv" "$t_ec"
+n=$n_saved; bytes=$bytes_saved
 fi
