@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     drop(v);
-    let mut run = |reopen: bool| -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    let run = |reopen: bool| -> Result<Vec<f64>, Box<dyn std::error::Error>> {
         let mut open = View::open_ref(&tables, &t)?;
         let mut lat = Vec::with_capacity(gets);
         for k in &picks {
