@@ -55,8 +55,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(lat)
     };
     run(true)?;
-    println!("table {table}: {} keys, {gets} gets of random keys, warm", keys.len());
-    for (what, reopen) in [("opening the table per get", true), ("table kept open", false)] {
+    println!(
+        "table {table}: {} keys, {gets} gets of random keys, warm",
+        keys.len()
+    );
+    for (what, reopen) in [
+        ("opening the table per get", true),
+        ("table kept open", false),
+    ] {
         let mut lat = run(reopen)?;
         println!(
             "get, {what}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",

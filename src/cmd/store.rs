@@ -793,17 +793,22 @@ fn export(
     let cols: Vec<String> = match columns {
         Some(c) => c,
         None => {
-            let mut seen = std::collections::HashSet::new();
+            // Names are compared as their raw bytes; a new one is decoded once.
+            let mut seen: rustc_hash::FxHashSet<Vec<u8>> = Default::default();
             let mut cols = Vec::new();
             for (_, val) in &vals {
                 if scan::scan_object(val, &mut sc) {
                     for m in &sc.members {
-                        let name = member_name(val, m);
-                        if name != key_column && seen.insert(name.clone()) {
-                            cols.push(name);
+                        let raw = &val[m.key.0 - 1..m.key.1 + 1];
+                        if !seen.contains(raw) {
+                            seen.insert(raw.to_vec());
+                            let name = member_name(val, m);
+                            if name != key_column && !cols.contains(&name) {
+                                cols.push(name);
+                            }
                         }
                     }
-                } else if seen.insert("value".to_string()) {
+                } else if seen.insert(b"value".to_vec()) && !cols.iter().any(|c| c == "value") {
                     cols.push("value".into());
                 }
             }
@@ -818,29 +823,36 @@ fn export(
     let mut header = vec![key_column.to_string()];
     header.extend(cols.iter().cloned());
     wtr.write_record(&header).map_err(csv_err)?;
-    let index: std::collections::HashMap<&str, usize> = cols
+    let index: rustc_hash::FxHashMap<Vec<u8>, usize> = cols
         .iter()
         .enumerate()
-        .map(|(i, c)| (c.as_str(), i))
+        .map(|(i, c)| (c.as_bytes().to_vec(), i))
         .collect();
-    let mut cells: Vec<String> = vec![String::new(); cols.len() + 1];
+    // Cell buffers reused across rows; most cells are copied straight from the value's text.
+    let mut cells: Vec<Vec<u8>> = vec![Vec::new(); cols.len() + 1];
     for ((k, _), (_, val)) in live.iter().zip(&vals) {
-        cells.iter_mut().for_each(String::clear);
-        cells[0] = String::from_utf8_lossy(k).into_owned();
+        cells.iter_mut().for_each(Vec::clear);
+        cells[0].extend_from_slice(k);
         if scan::scan_object(val, &mut sc) {
             for m in &sc.members {
-                let name = member_name(val, m);
-                if let Some(&i) = index.get(name.as_str()) {
-                    cells[i + 1] = cell_text(m.value(val), m.kind);
+                let at = if m.key_escaped {
+                    index.get(member_name(val, m).as_bytes())
+                } else {
+                    index.get(&val[m.key.0..m.key.1])
+                };
+                if let Some(&i) = at {
+                    let cell = &mut cells[i + 1];
+                    cell.clear();
+                    cell_into(cell, m.value(val), m.kind);
                 }
             }
-        } else if let Some(&i) = index.get("value") {
+        } else if let Some(&i) = index.get(&b"value"[..]) {
             let kind = if val.first() == Some(&b'"') {
                 Kind::Str
             } else {
                 Kind::Num
             };
-            cells[i + 1] = cell_text(val, kind);
+            cell_into(&mut cells[i + 1], val, kind);
         }
         wtr.write_record(&cells).map_err(csv_err)?;
     }
@@ -860,14 +872,20 @@ fn member_name(text: &[u8], m: &scan::Member) -> String {
 
 /// A CSV cell: a string's contents, a number's or boolean's literal, empty for null,
 /// compact JSON text for objects and arrays.
-fn cell_text(raw: &[u8], kind: Kind) -> String {
+fn cell_into(out: &mut Vec<u8>, raw: &[u8], kind: Kind) {
     match kind {
-        Kind::Null => String::new(),
-        Kind::Str => serde_json::from_slice::<String>(raw).unwrap_or_default(),
-        Kind::Obj | Kind::Arr => serde_json::from_slice::<serde_json::Value>(raw)
-            .map(|v| v.to_string())
-            .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned()),
-        _ => String::from_utf8_lossy(raw).into_owned(),
+        Kind::Null => {}
+        Kind::Str if !raw.contains(&b'\\') => out.extend_from_slice(&raw[1..raw.len() - 1]),
+        Kind::Str => out.extend_from_slice(
+            serde_json::from_slice::<String>(raw)
+                .unwrap_or_default()
+                .as_bytes(),
+        ),
+        Kind::Obj | Kind::Arr => match serde_json::from_slice::<serde_json::Value>(raw) {
+            Ok(v) => out.extend_from_slice(v.to_string().as_bytes()),
+            Err(_) => out.extend_from_slice(raw),
+        },
+        _ => out.extend_from_slice(raw),
     }
 }
 
