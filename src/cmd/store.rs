@@ -53,8 +53,10 @@ of the machine. A killed store loses only its last, uncommitted batch, which a r
 
 --commit-group G commits, after each durable batch, consumer group G's offsets for the
 sources applied (the last offset applied while running, so a flat map's remaining outputs are
-redelivered and the applied ones skipped; the next offset at the end of input). Pair it with
-`consume --group G --no-commit` for an exactly-once effect end to end.
+redelivered and the applied ones skipped; the next offset at the end of input). Each commit
+is then fdatasynced whatever --fsync says, and dead letters are synced before the batch after
+them, so the group never claims what the table or the dead-letter file could lose. Pair it
+with `consume --group G --no-commit` for an exactly-once effect end to end.
 
 Tables are versioned for reprocessing: `--table NAME@v2` writes version 2 beside the live one;
 `store promote NAME@v2` makes it the version NAME reads, atomically; `store versions NAME`
@@ -344,6 +346,9 @@ fn write(log_args: &LogArgs, a: WriteArgs) -> Result<()> {
         min_bytes,
     };
     let mut w = TableWriter::open(tables(log_args), &tref, a.fsync, policy)?;
+    // The group's offsets may only ever claim what the table holds durably.
+    w.durable_commits = groups.is_some();
+    let sync_dead_letters = a.fsync != FsyncMode::Never || groups.is_some();
     for n in std::mem::take(&mut w.notes) {
         cli::note(a.quiet, "store", &format!("{tref}: {n}"));
     }
@@ -361,7 +366,7 @@ fn write(log_args: &LogArgs, a: WriteArgs) -> Result<()> {
     // Lines are read and parsed on their own thread while this one writes the table.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(16);
     let parser = std::thread::spawn(move || {
-        let r = parse_input(reader, &mut bad, max, &tx);
+        let r = parse_input(reader, &mut bad, max, sync_dead_letters, &tx);
         (r, bad)
     });
     let applied = st.apply_all(&rx, &pb);
@@ -458,29 +463,37 @@ fn parse_input(
     mut reader: Reader,
     bad: &mut BadRecords,
     max: usize,
+    sync_dead_letters: bool,
     tx: &std::sync::mpsc::SyncSender<Msg>,
 ) -> Result<()> {
     let mut lr = LineReader::new(StdinFile::open(), max, Some(0));
     let mut b = Batch::default();
-    let send = |b: &mut Batch| -> bool {
-        if b.recs.is_empty() {
-            return true;
+    let mut bad_flushed = 0u64;
+    // Dead letters are made durable before the batch after them goes to the writer: once
+    // that batch commits (and perhaps the group's offsets past them), they must not be lost.
+    let mut send = |b: &mut Batch, bad: &mut BadRecords| -> Result<bool> {
+        if bad.count > bad_flushed {
+            bad.flush(sync_dead_letters)?;
+            bad_flushed = bad.count;
         }
-        tx.send(Msg::Batch(std::mem::take(b))).is_ok()
+        if b.recs.is_empty() {
+            return Ok(true);
+        }
+        Ok(tx.send(Msg::Batch(std::mem::take(b))).is_ok())
     };
     loop {
         let next = lr.next_line();
         let line = match next.map_err(|e| Error::io("reading input", e)) {
             Err(e) => {
-                send(&mut b);
+                send(&mut b, bad)?;
                 return Err(e);
             }
             Ok(Next::Eof) => {
-                send(&mut b);
+                send(&mut b, bad)?;
                 return Ok(());
             }
             Ok(Next::Idle) => {
-                if !send(&mut b) || tx.send(Msg::Idle).is_err() {
+                if !send(&mut b, bad)? || tx.send(Msg::Idle).is_err() {
                     return Ok(());
                 }
                 lr.wait(-1);
@@ -495,7 +508,17 @@ fn parse_input(
             let msg = format!("record is larger than --max-record-bytes ({max} bytes)");
             bad.handle("", line.no, &msg, line.bytes, None)
         } else {
-            match reader.parse(line.bytes) {
+            let parsed = reader.parse(line.bytes).and_then(|p| {
+                // A key taken from the value can make the record larger than the line.
+                let size = p.key.len() + p.value.map_or(0, <[u8]>::len);
+                if size > MAX_RECORD_BYTES {
+                    return Err(format!(
+                        "key and value together are larger than a record can be ({MAX_RECORD_BYTES} bytes)"
+                    ));
+                }
+                Ok(p)
+            });
+            match parsed {
                 Ok(p) => {
                     let key = push(&mut b.buf, &p.key);
                     let value = p.value.map(|v| push(&mut b.buf, v));
@@ -524,10 +547,10 @@ fn parse_input(
         };
         if let Err(e) = handled {
             // Fail mode: what came before the bad line still goes in.
-            send(&mut b);
+            send(&mut b, bad)?;
             return Err(e);
         }
-        if b.buf.len() >= HANDOFF_BYTES && !send(&mut b) {
+        if b.buf.len() >= HANDOFF_BYTES && !send(&mut b, bad)? {
             return Ok(());
         }
     }
@@ -569,6 +592,9 @@ impl Sink {
                 Msg::Idle => {
                     pb.set_position(self.records);
                     if self.w.pending() == 0 {
+                        // Nothing to commit, but the group may be behind what the table
+                        // holds (--fsync always commits each record; skipped records).
+                        self.commit(false)?;
                         next = rx.recv().ok();
                         continue;
                     }
@@ -1159,26 +1185,21 @@ fn drop_cmd(log: &LogArgs, table: &str) -> Result<()> {
             m.versions.remove(&v);
             tables.write_manifest(&t.name, &m, &lock)?;
             for d in &dirs {
-                remove_dir(d)?;
+                table::discard(d)?;
             }
         }
         None => {
-            // The manifest goes first: without it the table does not exist for anyone.
-            let mf = tables.table_dir(&t.name).join("table.json");
-            std::fs::remove_file(&mf)
-                .map_err(Error::io_with(|| format!("removing {}", mf.display())))?;
+            // One rename under the lock: the table is there whole, or not at all; a writer
+            // waiting for the lock then fails instead of writing into a table being deleted.
+            let dir = tables.table_dir(&t.name);
+            let parent = dir.parent().unwrap_or(std::path::Path::new("."));
+            let gone = table::trash(parent, &t.name)?;
+            std::fs::rename(&dir, &gone)
+                .map_err(Error::io_with(|| format!("removing {}", dir.display())))?;
             drop(lock);
-            remove_dir(&tables.table_dir(&t.name))?;
+            table::remove_tree(&gone)?;
         }
     }
     cli::note(false, "store", &format!("dropped {t}"));
     Ok(())
-}
-
-fn remove_dir(d: &std::path::Path) -> Result<()> {
-    match std::fs::remove_dir_all(d) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(format!("removing {}", d.display()), e)),
-    }
 }

@@ -98,10 +98,16 @@ impl Segments {
     /// source, which callers take as "the generation was replaced: resolve again".
     pub fn open(dir: &Path) -> std::io::Result<Segments> {
         let mut segs = Vec::new();
-        for base in segment::list_segments(dir)? {
+        let bases = segment::list_segments(dir)?;
+        for (i, &base) in bases.iter().enumerate() {
             let path = log_path(dir, base);
             let file = File::open(&path)?;
             let map = Mapped::of(&file)?;
+            // The newest segment may be caught between its creation and its header being
+            // written: it holds nothing yet.
+            if i + 1 == bases.len() && map.len() < FILE_HEADER_LEN {
+                break;
+            }
             segs.push(Seg { base, path, map });
         }
         Ok(Segments { segs })

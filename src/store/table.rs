@@ -216,17 +216,24 @@ impl Tables {
         let rd = fs::read_dir(&dir).map_err(|e| setup(format!("{}: {e}", dir.display())))?;
         for e in rd.flatten() {
             let fname = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            if fname.starts_with(TRASH) {
+                // A removal that did not finish (the process ended first).
+                remove_tree(&path)?;
+                continue;
+            }
             let Some((v, g)) = parse_gen_dir(&fname) else {
                 continue;
             };
             if m.versions.get(&v).is_some_and(|vm| vm.gen == g) {
                 continue;
             }
-            let path = e.path();
             // A compaction in progress holds its new generation's lock: leave it alone.
             if crate::log::writer::try_lock_partition(&path)? {
-                fs::remove_dir_all(&path)
+                let t = trash(&dir, &fname)?;
+                fs::rename(&path, &t)
                     .map_err(Error::io_with(|| format!("removing {}", path.display())))?;
+                remove_tree(&t)?;
                 removed.push(path);
             }
         }
@@ -235,6 +242,39 @@ impl Tables {
                 .map_err(Error::io_with(|| format!("syncing {}", dir.display())))?;
         }
         Ok(removed)
+    }
+}
+
+/// Trash names carry `~`, which no table or generation name can, so nothing reads them.
+const TRASH: &str = ".trash~";
+
+/// A fresh trash name in `dir` for `what`.
+pub fn trash(dir: &Path, what: &str) -> Result<PathBuf> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(dir.join(format!("{TRASH}{what}~{}~{n}", std::process::id())))
+}
+
+/// Moves `path` out of sight in one rename (a reader either finds it whole or not at all),
+/// then deletes it.
+pub fn discard(path: &Path) -> Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return remove_tree(path);
+    };
+    let t = trash(dir, &name.to_string_lossy())?;
+    match fs::rename(path, &t) {
+        Ok(()) => remove_tree(&t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+    }
+}
+
+/// Deletes a tree; one already gone is fine.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
     }
 }
 

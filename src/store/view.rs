@@ -35,8 +35,11 @@ impl View {
         let mut tries = 0;
         loop {
             let (_, dir) = tables.resolve(t)?;
+            // The index first: one written after it is newer than the segments mapped next
+            // could not describe them, and would be taken for stale.
+            let ix = KeyIndex::open(&dir.join(keyindex::FILE_NAME));
             match Segments::open(&dir) {
-                Ok(segs) => return View::build(dir, segs),
+                Ok(segs) => return View::build(dir, segs, ix),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 5 => tries += 1,
                 Err(e) => return Err(Error::io(format!("reading table {t}"), e)),
             }
@@ -45,12 +48,17 @@ impl View {
 
     /// Opens a generation directory directly (the writer, which holds its lock).
     pub fn open_dir(dir: &Path) -> Result<View> {
+        let ix = KeyIndex::open(&dir.join(keyindex::FILE_NAME));
         let segs =
             Segments::open(dir).map_err(Error::io_with(|| format!("reading {}", dir.display())))?;
-        View::build(dir.to_path_buf(), segs)
+        View::build(dir.to_path_buf(), segs, ix)
     }
 
-    fn build(dir: PathBuf, segs: Segments) -> Result<View> {
+    fn build(
+        dir: PathBuf,
+        segs: Segments,
+        ix: std::result::Result<Option<KeyIndex>, String>,
+    ) -> Result<View> {
         let mut v = View {
             index: None,
             index_note: None,
@@ -62,7 +70,7 @@ impl View {
             segs,
         };
         let mut from = v.segs.earliest();
-        match KeyIndex::open(&v.dir.join(keyindex::FILE_NAME)) {
+        match ix {
             Ok(None) => v.index_note = Some("missing".into()),
             Err(why) => v.index_note = Some(format!("damaged ({why})")),
             Ok(Some(ix)) => match changelog::record_at(&v.segs, ix.covered)?

@@ -63,6 +63,8 @@ pub struct TableWriter {
     changes: FxHashMap<Box<[u8]>, Option<u64>>,
     /// Offset of the last commit marker.
     last_marker: Option<u64>,
+    /// Sync every commit even under `--fsync never` (a consumer group is committed after it).
+    pub durable_commits: bool,
     /// Old generations being removed; a leftover is swept by the next writer.
     removals: Vec<std::thread::JoinHandle<std::result::Result<(), String>>>,
     /// What recovery and compaction did, for the caller to report.
@@ -86,7 +88,7 @@ impl TableWriter {
         let dir = tables.gen_dir(&t.name, version, gen);
         let pw = PartitionWriter::open(&dir, &changelog_config(), fsync, false).map_err(
             |e| match e {
-                Error::Setup(_) => crate::error::setup(format!(
+                Error::Setup(m) if m.contains("locked") => crate::error::setup(format!(
                     "table {t} is being written by another store (one writer per table version)"
                 )),
                 e => e,
@@ -136,6 +138,7 @@ impl TableWriter {
             compactions: 0,
             changes: FxHashMap::default(),
             last_marker: view.last.as_ref().map(|l| l.0),
+            durable_commits: false,
             removals: Vec::new(),
             notes,
         };
@@ -254,7 +257,7 @@ impl TableWriter {
             value_is_json: true,
         })?;
         self.last_marker = Some(marker);
-        if self.fsync == FsyncMode::Never {
+        if self.fsync == FsyncMode::Never && !self.durable_commits {
             self.pw.flush()?;
         } else {
             self.pw.sync()?;
@@ -346,11 +349,16 @@ impl TableWriter {
         let records_before = self.commit.records;
         let new_gen = self.gen + 1;
         let new_dir = self.tables.gen_dir(&self.tref.name, self.version, new_gen);
-        if new_dir.exists() {
-            std::fs::remove_dir_all(&new_dir)
-                .map_err(Error::io_with(|| format!("removing {}", new_dir.display())))?;
-        }
-        let mut pw = PartitionWriter::open(&new_dir, &changelog_config(), FsyncMode::Batch, false)?;
+        // Made and locked under the table's lock, so another writer's sweep never takes the
+        // new generation for a leftover.
+        let pw = {
+            let _lock = self.tables.lock(&self.tref.name, false)?;
+            if new_dir.exists() {
+                super::table::discard(&new_dir)?;
+            }
+            PartitionWriter::open(&new_dir, &changelog_config(), FsyncMode::Batch, false)?
+        };
+        let mut pw = pw;
         let vals = changelog::values(&segs, &self.dir, &live)?;
         let mut entries = Vec::with_capacity(live.len());
         for ((k, _), (ts, v)) in live.iter().zip(&vals) {
@@ -401,10 +409,15 @@ impl TableWriter {
         drop(std::mem::replace(&mut self.pw, pw));
         let old_dir = std::mem::replace(&mut self.dir, new_dir);
         self.gen = new_gen;
+        // Out of sight in one rename first: a reader that resolved the old generation finds
+        // it whole or not at all (and then resolves again), never half deleted.
+        let table_dir = self.tables.table_dir(&self.tref.name);
+        let gone = super::table::trash(&table_dir, &format!("v{}.g{}", self.version, new_gen - 1))?;
+        std::fs::rename(&old_dir, &gone)
+            .map_err(Error::io_with(|| format!("removing {}", old_dir.display())))?;
         drop(lock);
         self.removals.push(std::thread::spawn(move || {
-            std::fs::remove_dir_all(&old_dir)
-                .map_err(|e| format!("removing {}: {e}", old_dir.display()))
+            super::table::remove_tree(&gone).map_err(|e| e.to_string())
         }));
         self.commit = c;
         self.last_marker = Some(covered);
