@@ -208,6 +208,7 @@ scripts/gen-telemetry.sh 1000000 1795000000000 1000000 > "$work/keys1m.ndjson"
 rm -rf "$slog"
 "$bin/store" --log "$slog" -q --table big --key vehicle_id < "$work/keys1m.ndjson"
 cargo bench --quiet --bench store_get -- "$slog" big 10000 2>/dev/null
+t_v=$(best "'$bin/store' --version"); printf '%-58s %7.2f ms\n' "store --version (starting a process, baseline)" "$(echo "$t_v * 1000" | bc -l)"
 t_g=$(best "'$bin/store' --log '$slog' get big truck-500000"); printf '%-58s %7.2f ms\n' "store get (a whole process, best of $runs)" "$(echo "$t_g * 1000" | bc -l)"
 n_saved=$n; bytes_saved=$bytes; n=1000000; bytes=$(stat -c %s "$work/keys1m.ndjson")
 t_c1=$(best "cat '$work/keys1m.ndjson'"); row "cat of the 1M-record input (baseline)" "$t_c1"
