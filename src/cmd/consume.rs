@@ -119,7 +119,7 @@ pub fn command() -> clap::Command {
     Args::command()
 }
 
-enum Start {
+pub(crate) enum Start {
     Earliest,
     Latest,
     Offset(u64),
@@ -127,7 +127,7 @@ enum Start {
     Time(i64),
 }
 
-fn parse_start(s: &str) -> Result<Start> {
+pub(crate) fn parse_start(s: &str) -> Result<Start> {
     match s {
         "earliest" | "beginning" => return Ok(Start::Earliest),
         "latest" | "end" => return Ok(Start::Latest),

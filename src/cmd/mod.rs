@@ -3,6 +3,7 @@
 pub mod consume;
 pub mod logd;
 pub mod produce;
+pub mod replay;
 pub mod store;
 pub mod transform;
 pub mod window;

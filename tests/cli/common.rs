@@ -12,6 +12,7 @@ pub fn bin(tool: &str) -> PathBuf {
         "transform" => PathBuf::from(env!("CARGO_BIN_EXE_transform")),
         "window" => PathBuf::from(env!("CARGO_BIN_EXE_window")),
         "store" => PathBuf::from(env!("CARGO_BIN_EXE_store")),
+        "replay" => PathBuf::from(env!("CARGO_BIN_EXE_replay")),
         other => panic!("no tool {other}"),
     }
 }

@@ -6,6 +6,7 @@ mod logd;
 mod man;
 mod produce_consume;
 mod recovery;
+mod replay;
 mod store;
 mod transform;
 mod window;

@@ -21,6 +21,7 @@ fn man_pages_are_fresh() {
         ("transform", kappa::cmd::transform::command()),
         ("window", kappa::cmd::window::command()),
         ("store", kappa::cmd::store::command()),
+        ("replay", kappa::cmd::replay::command()),
     ];
     let update = std::env::var_os("KAPPA_UPDATE_MAN").is_some();
     let mut stale = Vec::new();
@@ -42,7 +43,15 @@ fn man_pages_are_fresh() {
 
 #[test]
 fn help_works_for_every_tool() {
-    for tool in ["produce", "consume", "logd", "transform", "window", "store"] {
+    for tool in [
+        "produce",
+        "consume",
+        "logd",
+        "transform",
+        "window",
+        "store",
+        "replay",
+    ] {
         let o = std::process::Command::new(crate::common::bin(tool))
             .arg("--help")
             .output()

@@ -1,0 +1,498 @@
+//! `replay`: a range of a topic's history (or a recorded dump file) to stdout, in partition
+//! or timestamp order, as fast as possible or paced like the live feed. It is how history is
+//! reprocessed through a new transform, and how a recorded sensor dump is played back.
+
+use crate::cli::output::Output;
+use crate::cli::{progress, LogArgs};
+use crate::cmd::consume::{parse_start, Start};
+use crate::error::{setup, usage, Error, Result};
+use crate::log::groups::Groups;
+use crate::log::{Log, PartitionReader};
+use crate::record::fields::{self, FieldPath};
+use crate::record::json::write_str;
+use crate::record::{csvrow, envelope};
+use clap::{CommandFactory, Parser};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const ABOUT: &str = "Replay a range of a topic's history, or a recorded dump, to stdout";
+
+const LONG_ABOUT: &str = "\
+Write a range of a topic's records to stdout as envelopes (the same as consume writes), for
+reprocessing history through a new transform or playing a recorded dump back.
+
+Range, per partition (--partition P, repeatable; default every partition): --from earliest
+(the default), OFFSET or @TIME (the first record whose timestamp is at or after TIME),
+inclusive; --to latest (the default: the end of the log when replay starts, so a replay is
+bounded), OFFSET or @TIME, exclusive. TIME is RFC 3339, epoch s/ms/µs/ns, now, today,
+yesterday or -DURATION (-1h). --group G --from-committed starts each partition at G's
+committed offset (what the group has not seen yet is then the range; --to still applies).
+
+Order: --order time (the default) merges the partitions by timestamp, ties broken by
+partition then offset: a total order that is the same on every run, and the one event-time
+windows want (a live feed arrives roughly in time order, so `replay | window` needs no more
+--max-out-of-order than the live pipeline). --order partition writes partition 0's range in
+offset order, then partition 1's, and so on, like consume.
+
+Pace: --speed max (the default) writes as fast as the reader takes; --speed 10x (or 1x, 0.5x)
+keeps the recorded gaps between timestamps, divided by the factor, so a dump plays back like
+the live feed; --rate N/s writes at most N records a second. Output is flushed before every
+wait, so a paced replay is live downstream.
+
+A recorded dump instead of a log: --file PATH (repeatable; a directory means every file in
+it, in name order) reads NDJSON objects (or CSV with a header row, --csv) and writes them in
+timestamp order by --ts FIELD (ties in file then line order), with the same pacing, without
+producing them into a log first. Lines are written as read; CSV rows become JSON objects (as
+produce --csv reads them). A line that is not an object, or without a readable --ts, is an
+error naming the file and line.";
+
+const AFTER: &str = "\
+Exit status: 0 success (also when stdout is closed early, as by head); 1 damage found in the
+log or a bad line in a --file dump; 2 bad flags, no such topic, an unreadable file.
+
+Examples:
+  replay -t telemetry --from @2026-11-01T00:00:00Z --to @2026-11-02T00:00:00Z | transform -f etl.v2.jq
+  replay -t telemetry --from @yesterday --to @today | window --tumbling 1h --by vehicle_id | store --table hourly@v2
+  replay -t telemetry --order partition --partition 3 --from 1000 --to 2000
+  replay --file dump.ndjson --ts ts --speed 60x | window --tumbling 1m --idle-timeout 5s
+  replay --file recordings/ --csv --ts time --rate 500/s";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Order {
+    /// A k-way merge of the partitions by timestamp, ties by partition then offset
+    Time,
+    /// Each partition in offset order, partitions one after the other
+    Partition,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "replay", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = AFTER)]
+pub struct Args {
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Topic to replay
+    #[arg(
+        short = 't',
+        long,
+        value_name = "TOPIC",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    pub topic: Option<String>,
+    /// Replay only these partitions
+    #[arg(long, value_name = "P")]
+    pub partition: Vec<u32>,
+    /// earliest, OFFSET or @TIME (inclusive)
+    #[arg(long, value_name = "WHERE")]
+    pub from: Option<String>,
+    /// latest, OFFSET or @TIME (exclusive)
+    #[arg(long, value_name = "WHERE")]
+    pub to: Option<String>,
+    /// Consumer group whose committed offsets --from-committed starts at
+    #[arg(short = 'g', long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Start each partition at the group's committed offset
+    #[arg(long, requires = "group", conflicts_with = "from")]
+    pub from_committed: bool,
+    /// time or partition
+    #[arg(long, value_enum, default_value = "time", value_name = "ORDER")]
+    pub order: Order,
+    /// max, or a factor such as 1x, 10x, 0.5x
+    #[arg(long, default_value = "max", value_name = "SPEED")]
+    pub speed: String,
+    /// At most N records a second (N/s)
+    #[arg(long, value_name = "N/s")]
+    pub rate: Option<String>,
+    /// Replay a recorded NDJSON (or --csv) file or directory instead of a topic
+    #[arg(long, value_name = "PATH")]
+    pub file: Vec<PathBuf>,
+    /// Timestamp field of --file records (name or /pointer)
+    #[arg(long, value_name = "FIELD", requires = "file")]
+    pub ts: Option<String>,
+    /// --file is CSV with a header row
+    #[arg(long, requires = "file")]
+    pub csv: bool,
+    /// Print only each record's value
+    #[arg(long, conflicts_with = "file")]
+    pub value: bool,
+    /// No messages on stderr
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub progress: progress::ProgressArgs,
+}
+
+pub fn command() -> clap::Command {
+    Args::command()
+}
+
+/// Waits so that records leave at the pace asked for.
+struct Pacer {
+    speed: Option<f64>,
+    rate: Option<f64>,
+    start: Instant,
+    ts0: Option<i64>,
+    n: u64,
+}
+
+impl Pacer {
+    fn new(speed: &str, rate: Option<&str>) -> Result<Pacer> {
+        let speed = match speed {
+            "max" => None,
+            s => {
+                let f: f64 = s
+                    .strip_suffix('x')
+                    .and_then(|n| n.parse().ok())
+                    .filter(|f: &f64| f.is_finite() && *f > 0.0)
+                    .ok_or_else(|| {
+                        usage(format!("--speed {s:?}: use max or a factor such as 10x"))
+                    })?;
+                Some(f)
+            }
+        };
+        let rate = match rate {
+            None => None,
+            Some(r) => Some(
+                r.strip_suffix("/s")
+                    .unwrap_or(r)
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite() && *f > 0.0)
+                    .ok_or_else(|| usage(format!("--rate {r:?}: use N/s, such as 500/s")))?,
+            ),
+        };
+        Ok(Pacer {
+            speed,
+            rate,
+            start: Instant::now(),
+            ts0: None,
+            n: 0,
+        })
+    }
+
+    fn paced(&self) -> bool {
+        self.speed.is_some() || self.rate.is_some()
+    }
+
+    /// Waits until the record with timestamp `ts` is due, flushing `out` first.
+    fn wait(&mut self, ts: i64, out: &mut Output) -> Result<()> {
+        if !self.paced() {
+            return Ok(());
+        }
+        let mut due = Duration::ZERO;
+        if let Some(f) = self.speed {
+            let ts0 = *self.ts0.get_or_insert(ts);
+            // A timestamp before the first one is due at once.
+            let gap = (ts - ts0).max(0) as f64 / 1000.0 / f;
+            due = due.max(Duration::from_secs_f64(gap));
+        }
+        if let Some(r) = self.rate {
+            due = due.max(Duration::from_secs_f64(self.n as f64 / r));
+        }
+        self.n += 1;
+        let now = self.start.elapsed();
+        if due > now {
+            out.flush()?;
+            std::thread::sleep(due - now);
+        }
+        Ok(())
+    }
+}
+
+/// One partition's range, read a frame at a time.
+struct Cursor {
+    p: u32,
+    reader: PartitionReader,
+    end: u64,
+    /// Rendered lines of the current frame: (ts, offset, span in `lines`).
+    queue: VecDeque<(i64, u64, usize, usize)>,
+    lines: Vec<u8>,
+    done: bool,
+}
+
+impl Cursor {
+    /// Makes sure the queue holds the next record, unless the range is over.
+    fn fill(&mut self, topic_json: &[u8], value_only: bool) -> Result<()> {
+        while self.queue.is_empty() && !self.done {
+            self.lines.clear();
+            let Some(f) = self.reader.next_frame()? else {
+                self.done = true;
+                break;
+            };
+            for rec in f.records() {
+                if rec.offset >= self.end {
+                    self.done = true;
+                    break;
+                }
+                let at = self.lines.len();
+                if value_only {
+                    self.lines.extend_from_slice(rec.value);
+                } else {
+                    envelope::write(&mut self.lines, topic_json, self.p, &rec);
+                }
+                self.lines.push(b'\n');
+                self.queue
+                    .push_back((rec.timestamp, rec.offset, at, self.lines.len()));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut pacer = Pacer::new(&a.speed, a.rate.as_deref())?;
+    let mut out = Output::stdout();
+    let pb = progress::records_spinner(a.progress.wanted(), "replay");
+    let r = match &a.topic {
+        Some(t) => replay_log(&a, t, &mut pacer, &mut out, &pb),
+        None => replay_files(&a, &mut pacer, &mut out, &pb),
+    };
+    pb.finish_and_clear();
+    // What was rendered before an error is good: it goes out, then the error.
+    let flushed = out.flush();
+    r.and(flushed)
+}
+
+fn replay_log(
+    a: &Args,
+    topic: &str,
+    pacer: &mut Pacer,
+    out: &mut Output,
+    pb: &indicatif::ProgressBar,
+) -> Result<()> {
+    let log = Log::new(a.log.dir());
+    let cfg = log.topic_config(topic)?;
+    for p in &a.partition {
+        if *p >= cfg.partitions {
+            return Err(usage(format!(
+                "--partition {p}: topic {topic:?} has partitions 0 to {}",
+                cfg.partitions - 1
+            )));
+        }
+    }
+    let from = a
+        .from
+        .as_deref()
+        .map(parse_start)
+        .transpose()?
+        .unwrap_or(Start::Earliest);
+    if matches!(from, Start::Latest | Start::Last(_)) {
+        return Err(usage("--from takes earliest, OFFSET or @TIME"));
+    }
+    let to =
+        a.to.as_deref()
+            .map(parse_start)
+            .transpose()?
+            .unwrap_or(Start::Latest);
+    if matches!(to, Start::Earliest | Start::Last(_)) {
+        return Err(usage("--to takes latest, OFFSET or @TIME"));
+    }
+    let committed = match (&a.group, a.from_committed) {
+        (Some(g), true) => {
+            crate::log::names::validate("group", g)?;
+            Groups::new(&log).load(g)?.remove(topic).unwrap_or_default()
+        }
+        _ => Default::default(),
+    };
+    let mut topic_json = Vec::new();
+    write_str(&mut topic_json, topic);
+    let mut cursors = Vec::new();
+    for p in 0..cfg.partitions {
+        if !a.partition.is_empty() && !a.partition.contains(&p) {
+            continue;
+        }
+        let dir = log.partition_dir(topic, p)?;
+        if !dir.is_dir() {
+            return Err(setup(format!(
+                "{}: partition directory missing",
+                dir.display()
+            )));
+        }
+        let mut reader = PartitionReader::open(&dir)?;
+        // The end first: "latest" is the end when the replay starts.
+        let end = match &to {
+            Start::Offset(o) => *o,
+            Start::Time(t) => {
+                let mut r2 = PartitionReader::open(&dir)?;
+                r2.seek_time(*t)?;
+                r2.position()
+            }
+            _ => reader.end_offset()?,
+        };
+        if a.from_committed {
+            reader.seek(committed.get(&p).copied().unwrap_or(0))?;
+        } else {
+            match &from {
+                Start::Offset(o) => reader.seek(*o)?,
+                Start::Time(t) => reader.seek_time(*t)?,
+                _ => reader.seek(0)?,
+            }
+        }
+        cursors.push(Cursor {
+            p,
+            reader,
+            end,
+            queue: VecDeque::new(),
+            lines: Vec::new(),
+            done: false,
+        });
+    }
+    let mut n = 0u64;
+    let mut emit = |c: &mut Cursor, out: &mut Output, pacer: &mut Pacer| -> Result<()> {
+        // Present: callers only emit from a filled, non-empty queue.
+        let (ts, _, s, e) = c.queue.pop_front().expect("a queued record");
+        pacer.wait(ts, out)?;
+        out.buf.extend_from_slice(&c.lines[s..e]);
+        out.record_done()?;
+        n += 1;
+        if n % 65536 == 0 {
+            pb.set_position(n);
+        }
+        Ok(())
+    };
+    match a.order {
+        Order::Partition if !pacer.paced() => {
+            // Nothing to merge or wait for: records go straight from the mapping to stdout.
+            for c in &mut cursors {
+                while let Some(f) = c.reader.next_frame()? {
+                    let mut over = false;
+                    for rec in f.records() {
+                        if rec.offset >= c.end {
+                            over = true;
+                            break;
+                        }
+                        if a.value {
+                            out.buf.extend_from_slice(rec.value);
+                        } else {
+                            envelope::write(&mut out.buf, &topic_json, c.p, &rec);
+                        }
+                        out.buf.push(b'\n');
+                        out.record_done()?;
+                        n += 1;
+                    }
+                    pb.set_position(n);
+                    if over {
+                        break;
+                    }
+                }
+            }
+        }
+        Order::Partition => {
+            for c in &mut cursors {
+                loop {
+                    c.fill(&topic_json, a.value)?;
+                    if c.queue.is_empty() {
+                        break;
+                    }
+                    emit(c, out, pacer)?;
+                }
+            }
+        }
+        Order::Time => {
+            let mut heap = BinaryHeap::new();
+            for (i, c) in cursors.iter_mut().enumerate() {
+                c.fill(&topic_json, a.value)?;
+                if let Some(&(ts, off, ..)) = c.queue.front() {
+                    heap.push(Reverse((ts, c.p, off, i)));
+                }
+            }
+            while let Some(Reverse((_, _, _, i))) = heap.pop() {
+                let c = &mut cursors[i];
+                emit(c, out, pacer)?;
+                c.fill(&topic_json, a.value)?;
+                if let Some(&(ts, off, ..)) = c.queue.front() {
+                    heap.push(Reverse((ts, c.p, off, i)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The files a --file argument names: itself, or a directory's files in name order.
+fn dump_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut in_dir: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| setup(format!("{}: {e}", p.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.is_file())
+                .collect();
+            in_dir.sort();
+            files.extend(in_dir);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn replay_files(
+    a: &Args,
+    pacer: &mut Pacer,
+    out: &mut Output,
+    pb: &indicatif::ProgressBar,
+) -> Result<()> {
+    let Some(ts_field) = a.ts.as_deref().map(FieldPath::parse) else {
+        return Err(usage("--file needs --ts FIELD (the records' timestamps)"));
+    };
+    // Every record as one line in `text`, with its timestamp; sorted stably, so ties keep
+    // file and line order.
+    let mut text: Vec<u8> = Vec::new();
+    let mut recs: Vec<(i64, usize, usize)> = Vec::new();
+    for f in dump_files(&a.file)? {
+        let bytes = std::fs::read(&f).map_err(|e| setup(format!("{}: {e}", f.display())))?;
+        let mut add = |no: usize, obj: &[u8]| -> Result<()> {
+            let found = fields::find(obj, None, Some(&ts_field))
+                .map_err(|e| Error::Data(format!("{}: line {no}: {e}", f.display())))?;
+            let raw = found.ts.ok_or_else(|| {
+                Error::Data(format!("{}: line {no}: no field {ts_field}", f.display()))
+            })?;
+            let ts = fields::ts_ms(&raw, None)
+                .map_err(|e| Error::Data(format!("{}: line {no}: {ts_field}: {e}", f.display())))?;
+            let at = text.len();
+            text.extend_from_slice(obj);
+            text.push(b'\n');
+            recs.push((ts, at, text.len()));
+            Ok(())
+        };
+        if a.csv {
+            let mut rdr = csv::ReaderBuilder::new().from_reader(&bytes[..]);
+            let headers: Vec<String> = rdr
+                .headers()
+                .map_err(|e| Error::Data(format!("{}: {e}", f.display())))?
+                .iter()
+                .map(String::from)
+                .collect();
+            let mut obj = Vec::new();
+            for (i, row) in rdr.records().enumerate() {
+                let row = row.map_err(|e| Error::Data(format!("{}: {e}", f.display())))?;
+                let cells: Vec<&str> = row.iter().collect();
+                obj.clear();
+                csvrow::write_object(&mut obj, &headers, &cells);
+                add(i + 2, &obj)?;
+            }
+        } else {
+            for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                add(i + 1, line)?;
+            }
+        }
+    }
+    recs.sort_by_key(|r| r.0);
+    for (i, &(ts, s, e)) in recs.iter().enumerate() {
+        pacer.wait(ts, out)?;
+        out.buf.extend_from_slice(&text[s..e]);
+        out.record_done()?;
+        if i % 65536 == 0 {
+            pb.set_position(i as u64);
+        }
+    }
+    Ok(())
+}
