@@ -3,7 +3,7 @@
 # file (cat, dd, jq), since the machine is shared and noisy. Each command runs RUNS times and
 # the best wall time is kept (jq and mlr, much slower, run once). Usage: scripts/bench.sh [RECORDS]
 # (default 2,000,000). ONLY="window transform" runs just those sections (after the baselines);
-# the sections are produce, consume, latency, transform, window and store.
+# the sections are produce, consume, latency, transform, window, store and replay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000000}
@@ -215,4 +215,16 @@ t_c1=$(best "cat '$work/keys1m.ndjson'"); row "cat of the 1M-record input (basel
 t_e=$(best "'$bin/store' --log '$slog' export big"); row "store export big --ndjson" "$t_e"
 t_ec=$(best "'$bin/store' --log '$slog' export big --csv"); row "store export big --csv" "$t_ec"
 n=$n_saved; bytes=$bytes_saved
+fi
+
+if want replay; then
+echo "== replay: $n records across 4 partitions to /dev/null, beside consume of the same topic"
+rlog="$work/rlog"
+rm -rf "$rlog"
+"$bin/produce" --log "$rlog" -q -t t --partitions 4 --key vehicle_id --ts ts --fsync never "$data"
+t_rc=$(best "'$bin/consume' --log '$rlog' -t t"); row "consume (baseline)" "$t_rc"
+t_rp=$(best "'$bin/replay' --log '$rlog' -t t --order partition"); row "replay --order partition" "$t_rp"
+printf '%58s %7.2fx consume\n' "" "$(echo "$t_rc / $t_rp" | bc -l)"
+t_rt=$(best "'$bin/replay' --log '$rlog' -t t --order time"); row "replay --order time" "$t_rt"
+printf '%58s %7.2fx consume\n' "" "$(echo "$t_rc / $t_rt" | bc -l)"
 fi
