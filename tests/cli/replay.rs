@@ -229,3 +229,205 @@ fn pacing_keeps_the_recorded_gaps() {
     let t = run(&[]);
     assert!(t < 2.0, "--speed max took {t} s");
 }
+
+#[test]
+fn the_ci_validation_example_passes_and_fails_on_a_change() {
+    let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/ci-validation");
+    let e = Env::new();
+    let dir = e.path("ci");
+    copy_dir(&src, &dir);
+    let check = |dir: &std::path::Path| {
+        Command::new(dir.join("check.sh"))
+            .env("PATH", path_with_tools())
+            .output()
+            .unwrap()
+    };
+    let o = check(&dir);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A deliberate change to the transform: exit 1, with a readable diff.
+    let etl = dir.join("etl.jq");
+    let text = std::fs::read_to_string(&etl)
+        .unwrap()
+        .replace("> 160", "> 120");
+    std::fs::write(&etl, text).unwrap();
+    let o = check(&dir);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("--- out\n+++ ./expected.csv\n~ \""),
+        "{out}"
+    );
+    assert!(out.contains("speeding: "), "{out}");
+}
+
+#[test]
+fn the_cron_script_promotes_only_within_the_tolerance() {
+    let e = Env::new();
+    let day = 86_400_000i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let yesterday_6am = now - now % day - day + 6 * 3_600_000;
+    e.produce(
+        "telemetry",
+        &["--key", "vehicle_id", "--ts", "ts"],
+        &telemetry(500, yesterday_6am),
+    );
+    let same = e.path("same.jq");
+    std::fs::write(&same, ".\n").unwrap();
+    let doubled = e.path("doubled.jq");
+    std::fs::write(&doubled, ".speed = .speed * 2\n").unwrap();
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/rebuild-yesterday.sh");
+    let run = |etl: &std::path::Path| {
+        Command::new(&script)
+            .env("PATH", path_with_tools())
+            .env("KAPPA_LOG", e.log())
+            .env("ETL", etl)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(run(&same).status.code(), Some(0));
+    assert_eq!(run(&same).status.code(), Some(0));
+    let o = run(&doubled);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = e.ok("store", &["versions", "hourly"], b"");
+    let live: Vec<&str> = v.lines().filter(|l| l.ends_with("live")).collect();
+    assert_eq!(v.lines().count(), 3, "{v}");
+    assert!(live.len() == 1 && live[0].starts_with("v2"), "{v}");
+    // Yesterday's records only: 500 records a second apart from 06:00, all within the day.
+    let rows = lines(&e.ok("store", &["export", "hourly"], b""));
+    let total: i64 = rows.iter().map(|r| r["count"].as_i64().unwrap()).sum();
+    assert_eq!(total, 500);
+}
+
+/// `consume --group live --no-commit [--follow] | transform | store --commit-group live`.
+fn live_pipeline(e: &Env, follow: bool) -> Vec<std::process::Child> {
+    use std::process::Stdio;
+    let mut c = e.cmd("consume", &["-t", "tel", "--group", "live", "--no-commit"]);
+    if follow {
+        c.arg("--follow");
+    }
+    let mut consume = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut transform = Command::new(bin("transform"))
+        .args(["-q", ".speed_kmh = (.speed * 1.609 | round)"])
+        .stdin(consume.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let store = e
+        .cmd(
+            "store",
+            &[
+                "--table",
+                "live",
+                "--commit-group",
+                "live",
+                "-q",
+                "--key",
+                "vehicle_id,ts",
+            ],
+        )
+        .stdin(transform.stdout.take().unwrap())
+        .spawn()
+        .unwrap();
+    vec![consume, transform, store]
+}
+
+fn stop(mut p: Vec<std::process::Child>) {
+    // SIGTERM to consume ends it cleanly; the others then see the end of their input.
+    let st = Command::new("kill")
+        .args(["-TERM", &p[0].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // consume exits 0 on SIGTERM once its handler is in place (a signal just before that
+    // ends it by the signal, which is as good here); the sinks must end cleanly.
+    let _ = p[0].wait().unwrap();
+    for c in &mut p[1..] {
+        assert!(c.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn a_table_built_live_in_several_runs_equals_one_replay() {
+    let e = Env::new();
+    e.ok(
+        "logd",
+        &["topics", "create", "tel", "--partitions", "3"],
+        b"",
+    );
+    let chunks: Vec<String> = (0..12)
+        .map(|k| telemetry(150, 1_795_000_000_000 + k * 150_000))
+        .collect();
+    let producer = {
+        let log = e.log();
+        std::thread::spawn(move || {
+            for c in chunks {
+                let mut p = Command::new(bin("produce"));
+                p.arg("--log").arg(&log).args([
+                    "-t",
+                    "tel",
+                    "-q",
+                    "--key",
+                    "vehicle_id",
+                    "--ts",
+                    "ts",
+                ]);
+                assert!(run_with_stdin(p, c.as_bytes()).status.success());
+                std::thread::sleep(std::time::Duration::from_millis(60));
+            }
+        })
+    };
+    // Run 1 follows the log while the producer writes, and is stopped midway; run 2 resumes
+    // from the group's offsets and follows to the producer's end; run 3 reads what is left.
+    let run1 = live_pipeline(&e, true);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop(run1);
+    let run2 = live_pipeline(&e, true);
+    producer.join().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop(run2);
+    for mut c in live_pipeline(&e, false) {
+        assert!(c.wait().unwrap().success());
+    }
+    // One replay of the same history through the same transform.
+    let mut r = Command::new(bin("replay"));
+    r.arg("--log").arg(e.log()).args(["-t", "tel"]);
+    let replayed = r.output().unwrap();
+    assert!(replayed.status.success());
+    let mut t = Command::new(bin("transform"));
+    t.args(["-q", ".speed_kmh = (.speed * 1.609 | round)"]);
+    let transformed = run_with_stdin(t, &replayed.stdout);
+    e.ok(
+        "store",
+        &["--table", "replayed", "-q", "--key", "vehicle_id,ts"],
+        &transformed.stdout,
+    );
+    let live = e.ok("store", &["export", "live"], b"");
+    assert_eq!(lines(&live).len(), 12 * 150);
+    assert_eq!(live, e.ok("store", &["export", "replayed"], b""));
+    // Every record was applied exactly once by the live runs: the group is at the end.
+    let g = e.ok("logd", &["groups", "describe", "live"], b"");
+    assert!(g.lines().skip(1).all(|l| l.ends_with("\t0")), "{g}");
+}
