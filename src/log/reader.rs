@@ -340,6 +340,12 @@ impl PartitionReader {
             let base = if i == 0 {
                 match self.segments.first() {
                     Some(&b) => b,
+                    // A partition with no segment yet (a topic just created): look again,
+                    // a writer may have made the first one since.
+                    None if attempt == 0 => {
+                        self.refresh_segments()?;
+                        continue;
+                    }
                     None => return Ok(false),
                 }
             } else {

@@ -518,6 +518,40 @@ fn follow_sees_a_concurrent_producer() {
     assert_eq!(total, 21);
 }
 
+/// A follower started on a topic that has no segment yet (just created) sees the first
+/// records once a producer writes them.
+#[test]
+fn follow_from_an_empty_new_topic() {
+    let e = Env::new();
+    e.ok("logd", &["topics", "create", "t", "--partitions", "2"], b"");
+    let mut follower = e
+        .cmd("consume", &["-t", "t", "--follow", "--value"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    e.produce("t", &[], "{\"n\":1}\n{\"n\":2}\n");
+    let mut out = BufReader::new(follower.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut got = String::new();
+        for _ in 0..2 {
+            let _ = out.read_line(&mut got);
+        }
+        let _ = tx.send(got);
+    });
+    // Generous: the follower looks again at least every 100 ms.
+    let got = rx.recv_timeout(Duration::from_secs(10));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follower.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(got.as_deref(), Ok("{\"n\":1}\n{\"n\":2}\n"));
+    assert_eq!(follower.wait().unwrap().code(), Some(0));
+}
+
 /// SIGKILL a group consumer mid-stream: the resumed one repeats at most what was not
 /// committed and skips nothing.
 #[test]
