@@ -227,4 +227,8 @@ t_rp=$(best "'$bin/replay' --log '$rlog' -t t --order partition"); row "replay -
 printf '%58s %7.2fx consume\n' "" "$(echo "$t_rc / $t_rp" | bc -l)"
 t_rt=$(best "'$bin/replay' --log '$rlog' -t t --order time"); row "replay --order time" "$t_rt"
 printf '%58s %7.2fx consume\n' "" "$(echo "$t_rc / $t_rt" | bc -l)"
+echo "== replay: pacing, a recorded hour (gen-fleet.sh: 50 vans, one reading a second) at --speed 60x"
+scripts/gen-fleet.sh 180000 > "$work/hour.ndjson"
+t_p=$(runs=1 best "'$bin/replay' --file '$work/hour.ndjson' --ts ts --speed 60x")
+printf '%-58s %7.3f s (the recording spans 3599 s: %.3f s expected, %+.2f%%)\n' "replay --speed 60x" "$t_p" "$(echo "3599 / 60" | bc -l)" "$(echo "($t_p - 3599 / 60) / (3599 / 60) * 100" | bc -l)"
 fi

@@ -63,3 +63,17 @@ pub fn bytes_bar(show: bool, total: u64) -> ProgressBar {
     pb.set_style(style);
     pb
 }
+
+/// A record bar with ETA for work of a known number of records (a bounded replay).
+pub fn records_bar(show: bool, total: u64, what: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(&format!(
+        "{{bar:30}} {what} {{human_pos}}/{{human_len}} records ({{per_sec}}, eta {{eta}})"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb
+}

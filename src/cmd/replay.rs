@@ -244,10 +244,11 @@ impl Cursor {
 pub fn run(a: Args) -> Result<()> {
     let mut pacer = Pacer::new(&a.speed, a.rate.as_deref())?;
     let mut out = Output::stdout();
-    let pb = progress::records_spinner(a.progress.wanted(), "replay");
+    // The total is known once the ranges are: the bar shows an ETA.
+    let mut pb = indicatif::ProgressBar::hidden();
     let r = match &a.topic {
-        Some(t) => replay_log(&a, t, &mut pacer, &mut out, &pb),
-        None => replay_files(&a, &mut pacer, &mut out, &pb),
+        Some(t) => replay_log(&a, t, &mut pacer, &mut out, &mut pb),
+        None => replay_files(&a, &mut pacer, &mut out, &mut pb),
     };
     pb.finish_and_clear();
     // What was rendered before an error is good: it goes out, then the error.
@@ -260,7 +261,7 @@ fn replay_log(
     topic: &str,
     pacer: &mut Pacer,
     out: &mut Output,
-    pb: &indicatif::ProgressBar,
+    pb: &mut indicatif::ProgressBar,
 ) -> Result<()> {
     let log = Log::new(a.log.dir());
     let cfg = log.topic_config(topic)?;
@@ -339,6 +340,13 @@ fn replay_log(
             done: false,
         });
     }
+    // Offsets in the ranges: the records to come, but for gaps left by retention.
+    let total: u64 = cursors
+        .iter()
+        .map(|c| c.end.saturating_sub(c.reader.position()))
+        .sum();
+    *pb = progress::records_bar(a.progress.wanted(), total, "replay");
+    let pb = &*pb;
     let mut n = 0u64;
     let mut emit = |c: &mut Cursor, out: &mut Output, pacer: &mut Pacer| -> Result<()> {
         // Present: callers only emit from a filled, non-empty queue.
@@ -434,7 +442,7 @@ fn replay_files(
     a: &Args,
     pacer: &mut Pacer,
     out: &mut Output,
-    pb: &indicatif::ProgressBar,
+    pb: &mut indicatif::ProgressBar,
 ) -> Result<()> {
     let Some(ts_field) = a.ts.as_deref().map(FieldPath::parse) else {
         return Err(usage("--file needs --ts FIELD (the records' timestamps)"));
@@ -486,6 +494,7 @@ fn replay_files(
         }
     }
     recs.sort_by_key(|r| r.0);
+    *pb = progress::records_bar(a.progress.wanted(), recs.len() as u64, "replay");
     for (i, &(ts, s, e)) in recs.iter().enumerate() {
         pacer.wait(ts, out)?;
         out.buf.extend_from_slice(&text[s..e]);
