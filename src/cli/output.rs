@@ -47,6 +47,15 @@ impl Output {
         Ok(false)
     }
 
+    /// Writes what is buffered, then `bytes` straight from the caller's buffer (a large
+    /// chunk needs no copy into ours).
+    pub fn write_through(&mut self, bytes: &[u8]) -> Result<()> {
+        self.flush()?;
+        self.file
+            .write_all(bytes)
+            .map_err(|e| Error::io("writing stdout", e))
+    }
+
     /// Writes everything buffered. Returns only once the bytes were handed to the kernel.
     pub fn flush(&mut self) -> Result<()> {
         if self.buf.is_empty() {

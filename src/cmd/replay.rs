@@ -34,7 +34,8 @@ Order: --order time (the default) merges the partitions by timestamp, ties broke
 partition then offset: a total order that is the same on every run, and the one event-time
 windows want (a live feed arrives roughly in time order, so `replay | window` needs no more
 --max-out-of-order than the live pipeline). --order partition writes partition 0's range in
-offset order, then partition 1's, and so on, like consume.
+offset order, then partition 1's, and so on, like consume; without pacing, the next
+partitions are read on other threads while one is written.
 
 Pace: --speed max (the default) writes as fast as the reader takes; --speed 10x (or 1x, 0.5x)
 keeps the recorded gaps between timestamps, divided by the factor, so a dump plays back like
@@ -362,30 +363,10 @@ fn replay_log(
     };
     match a.order {
         Order::Partition if !pacer.paced() => {
-            // Nothing to merge or wait for: records go straight from the mapping to stdout.
-            for c in &mut cursors {
-                while let Some(f) = c.reader.next_frame()? {
-                    let mut over = false;
-                    for rec in f.records() {
-                        if rec.offset >= c.end {
-                            over = true;
-                            break;
-                        }
-                        if a.value {
-                            out.buf.extend_from_slice(rec.value);
-                        } else {
-                            envelope::write(&mut out.buf, &topic_json, c.p, &rec);
-                        }
-                        out.buf.push(b'\n');
-                        out.record_done()?;
-                        n += 1;
-                    }
-                    pb.set_position(n);
-                    if over {
-                        break;
-                    }
-                }
-            }
+            // Nothing to merge or wait for: the partitions are read and rendered on several
+            // threads at once, and written one after the other.
+            let cursors = std::mem::take(&mut cursors);
+            write_in_parallel(cursors, &topic_json, a.value, out, pb)?;
         }
         Order::Partition => {
             for c in &mut cursors {
@@ -417,6 +398,94 @@ fn replay_log(
         }
     }
     Ok(())
+}
+
+/// Renders one partition's range in chunks of about 1 MiB, with their record counts.
+fn render(
+    mut c: Cursor,
+    topic_json: &[u8],
+    value_only: bool,
+    tx: &std::sync::mpsc::SyncSender<Result<(Vec<u8>, u64)>>,
+) {
+    let mut chunk = Vec::with_capacity(CHUNK + (64 << 10));
+    let mut n = 0u64;
+    loop {
+        let f = match c.reader.next_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let mut over = false;
+        for rec in f.records() {
+            if rec.offset >= c.end {
+                over = true;
+                break;
+            }
+            if value_only {
+                chunk.extend_from_slice(rec.value);
+            } else {
+                envelope::write(&mut chunk, topic_json, c.p, &rec);
+            }
+            chunk.push(b'\n');
+            n += 1;
+        }
+        if chunk.len() >= CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK + (64 << 10)));
+            // The writer has gone (a closed stdout, an error): stop quietly.
+            if tx.send(Ok((full, n))).is_err() {
+                return;
+            }
+            n = 0;
+        }
+        if over {
+            break;
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.send(Ok((chunk, n)));
+    }
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// Partition order without pacing: up to one reader thread per CPU renders the next
+/// partitions ahead (bounded by a few chunks each) while this thread writes them in order.
+fn write_in_parallel(
+    cursors: Vec<Cursor>,
+    topic_json: &[u8],
+    value_only: bool,
+    out: &mut Output,
+    pb: &indicatif::ProgressBar,
+) -> Result<()> {
+    let ahead = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut n = 0u64;
+    std::thread::scope(|s| -> Result<()> {
+        let mut pending = std::collections::VecDeque::new();
+        let mut rest = cursors.into_iter();
+        let start = |pending: &mut std::collections::VecDeque<_>, c: Cursor| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(4);
+            s.spawn(move || render(c, topic_json, value_only, &tx));
+            pending.push_back(rx);
+        };
+        for c in rest.by_ref().take(ahead) {
+            start(&mut pending, c);
+        }
+        while let Some(rx) = pending.pop_front() {
+            for msg in rx {
+                let (chunk, count) = msg?;
+                out.write_through(&chunk)?;
+                n += count;
+                pb.set_position(n);
+            }
+            if let Some(c) = rest.next() {
+                start(&mut pending, c);
+            }
+        }
+        Ok(())
+    })
 }
 
 /// The files a --file argument names: itself, or a directory's files in name order.
