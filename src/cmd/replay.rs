@@ -453,6 +453,9 @@ const CHUNK: usize = 1 << 20;
 
 /// Partition order without pacing: up to one reader thread per CPU renders the next
 /// partitions ahead (bounded by a few chunks each) while this thread writes them in order.
+/// Scoped threads started in partition order, not rayon's pool: a reader blocks on its
+/// bounded channel until its partition's turn, and a pool that ran later partitions first
+/// with every worker blocked would never reach the one being written.
 fn write_in_parallel(
     cursors: Vec<Cursor>,
     topic_json: &[u8],
