@@ -92,7 +92,7 @@ pub struct Args {
     #[arg(long, value_name = "WHERE")]
     pub to: Option<String>,
     /// Consumer group whose committed offsets --from-committed starts at
-    #[arg(short = 'g', long, value_name = "GROUP")]
+    #[arg(short = 'g', long, value_name = "GROUP", requires = "from_committed")]
     pub group: Option<String>,
     /// Start each partition at the group's committed offset
     #[arg(long, requires = "group", conflicts_with = "from")]

@@ -131,6 +131,7 @@ fn ranges_by_offset_and_time() {
         vec!["-t", "tel", "--speed", "fast"],
         vec!["-t", "tel", "--rate", "-3/s"],
         vec!["--file", "x.ndjson"],
+        vec!["-t", "tel", "--group", "g"],
     ] {
         let o = e.run("replay", &args, b"");
         assert_eq!(o.status.code(), Some(2), "{args:?}");
