@@ -4,6 +4,7 @@ mod common;
 mod fixtures;
 mod logd;
 mod man;
+mod names;
 mod produce_consume;
 mod recovery;
 mod replay;
