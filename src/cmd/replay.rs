@@ -6,6 +6,7 @@ use crate::cli::output::Output;
 use crate::cli::{progress, LogArgs};
 use crate::cmd::consume::{parse_start, Start};
 use crate::error::{setup, usage, Error, Result};
+use crate::log::format::Record;
 use crate::log::groups::Groups;
 use crate::log::{Log, PartitionReader};
 use crate::record::fields::{self, FieldPath};
@@ -228,12 +229,7 @@ impl Cursor {
                     break;
                 }
                 let at = self.lines.len();
-                if value_only {
-                    self.lines.extend_from_slice(rec.value);
-                } else {
-                    envelope::write(&mut self.lines, topic_json, self.p, &rec);
-                }
-                self.lines.push(b'\n');
+                render_record(&mut self.lines, topic_json, self.p, &rec, value_only);
                 self.queue
                     .push_back((rec.timestamp, rec.offset, at, self.lines.len()));
             }
@@ -400,6 +396,16 @@ fn replay_log(
     Ok(())
 }
 
+/// One output line: the record's envelope (consume's bytes), or only its value.
+fn render_record(out: &mut Vec<u8>, topic_json: &[u8], p: u32, rec: &Record<'_>, value_only: bool) {
+    if value_only {
+        out.extend_from_slice(rec.value);
+    } else {
+        envelope::write(out, topic_json, p, rec);
+    }
+    out.push(b'\n');
+}
+
 /// Renders one partition's range in chunks of about 1 MiB, with their record counts.
 fn render(
     mut c: Cursor,
@@ -424,12 +430,7 @@ fn render(
                 over = true;
                 break;
             }
-            if value_only {
-                chunk.extend_from_slice(rec.value);
-            } else {
-                envelope::write(&mut chunk, topic_json, c.p, &rec);
-            }
-            chunk.push(b'\n');
+            render_record(&mut chunk, topic_json, c.p, &rec, value_only);
             n += 1;
         }
         if chunk.len() >= CHUNK {

@@ -3,6 +3,7 @@
 
 use crate::cli::input::InputMode;
 use crate::cli::onerror::{BadRecords, OnError, Provenance};
+use crate::cli::output::Output;
 use crate::cli::{self, progress, LogArgs};
 use crate::error::{data, setup, usage, Error, Result};
 use crate::log::format::MAX_RECORD_BYTES;
@@ -508,9 +509,11 @@ fn parse_input(
             let msg = format!("record is larger than --max-record-bytes ({max} bytes)");
             bad.handle("", line.no, &msg, line.bytes, None)
         } else {
-            let parsed = reader.parse(line.bytes).and_then(|p| {
+            // The key goes straight into the batch buffer.
+            let key_at = b.buf.len();
+            let parsed = reader.parse(line.bytes, &mut b.buf).and_then(|p| {
                 // A key taken from the value can make the record larger than the line.
-                let size = p.key.len() + p.value.map_or(0, <[u8]>::len);
+                let size = b.buf.len() - key_at + p.value.map_or(0, <[u8]>::len);
                 if size > MAX_RECORD_BYTES {
                     return Err(format!(
                         "key and value together are larger than a record can be ({MAX_RECORD_BYTES} bytes)"
@@ -520,7 +523,7 @@ fn parse_input(
             });
             match parsed {
                 Ok(p) => {
-                    let key = push(&mut b.buf, &p.key);
+                    let key = (key_at, b.buf.len());
                     let value = p.value.map(|v| push(&mut b.buf, v));
                     let src = p
                         .source
@@ -535,6 +538,8 @@ fn parse_input(
                     Ok(())
                 }
                 Err(msg) => {
+                    // A key partly written before the error is not kept.
+                    b.buf.truncate(key_at);
                     let prov = crate::cli::onerror::provenance_of(line.bytes);
                     let pv = prov.as_ref().map(|(t, p, o)| Provenance {
                         topic: t,
@@ -669,10 +674,9 @@ fn record_line(out: &mut Vec<u8>, key: &[u8], ts: i64, value: &[u8], value_only:
 }
 
 fn stdout_write(buf: &[u8]) -> Result<()> {
-    let mut o = std::io::stdout().lock();
-    o.write_all(buf)
-        .and_then(|_| o.flush())
-        .map_err(|e| Error::io("writing output", e))
+    let mut out = Output::stdout();
+    out.buf.extend_from_slice(buf);
+    out.flush()
 }
 
 fn get(log: &LogArgs, table: &str, keys: &[String], value_only: bool) -> Result<()> {
@@ -726,23 +730,27 @@ fn scan_cmd(
 }
 
 fn print_records(v: &View, live: &[(Vec<u8>, u64)], value_only: bool) -> Result<()> {
-    let mut out = Vec::with_capacity(1 << 20);
-    let mut o = std::io::stdout().lock();
-    // In slices, so a large scan streams instead of collecting every value first.
+    stream_rows(v, live, |out, k, ts, val| {
+        record_line(out, k, ts, val, value_only)
+    })
+}
+
+/// Writes a line per live key through the tools' stdout writer, reading values in slices so
+/// a large table streams instead of collecting every value first.
+fn stream_rows(
+    v: &View,
+    live: &[(Vec<u8>, u64)],
+    mut line: impl FnMut(&mut Vec<u8>, &[u8], i64, &[u8]),
+) -> Result<()> {
+    let mut out = Output::stdout();
     for chunk in live.chunks(64 << 10) {
         let vals = v.values(chunk)?;
         for ((k, _), (ts, val)) in chunk.iter().zip(&vals) {
-            record_line(&mut out, k, *ts, val, value_only);
-            if out.len() >= 1 << 20 {
-                o.write_all(&out)
-                    .map_err(|e| Error::io("writing output", e))?;
-                out.clear();
-            }
+            line(&mut out.buf, k, *ts, val);
+            out.record_done()?;
         }
     }
-    o.write_all(&out)
-        .and_then(|_| o.flush())
-        .map_err(|e| Error::io("writing output", e))
+    out.flush()
 }
 
 /// Appends one export row: the key column, then the value's members (a member named like
@@ -797,27 +805,15 @@ fn export(
     }
     let mut sc = Scan::default();
     if !csv {
-        let mut out = Vec::with_capacity(1 << 20);
-        let mut o = std::io::stdout().lock();
-        for chunk in live.chunks(64 << 10) {
-            let vals = v.values(chunk)?;
-            for ((k, _), (_, val)) in chunk.iter().zip(&vals) {
-                ndjson_row(&mut out, k, val, key_column.as_bytes(), &mut sc);
-                if out.len() >= 1 << 20 {
-                    o.write_all(&out)
-                        .map_err(|e| Error::io("writing output", e))?;
-                    out.clear();
-                }
-            }
-        }
-        return o
-            .write_all(&out)
-            .and_then(|_| o.flush())
-            .map_err(|e| Error::io("writing output", e));
+        let kc = key_column.as_bytes();
+        return stream_rows(&v, &live, |out, k, _, val| {
+            ndjson_row(out, k, val, kc, &mut sc)
+        });
     }
     let vals = v.values(&live)?;
     let cols: Vec<String> = match columns {
-        Some(c) => c,
+        // `--columns ''` names no field; an empty name is no column.
+        Some(c) => c.into_iter().filter(|c| !c.is_empty()).collect(),
         None => {
             // Names are compared as their raw bytes; a new one is decoded once.
             let mut seen: rustc_hash::FxHashSet<Vec<u8>> = Default::default();
@@ -941,9 +937,7 @@ struct SourceStat {
 fn stats(log: &LogArgs, table: &str) -> Result<()> {
     let t = TableRef::parse(table)?;
     let tables = tables(log);
-    let m = tables
-        .manifest(&t.name)?
-        .ok_or_else(|| setup(format!("no table {:?}", t.name)))?;
+    let m = tables.existing(&t.name)?;
     let mut v = View::open_ref(&tables, &t)?;
     let (version, _) = tables.resolve(&t)?;
     // Stats reads every frame, so damage anywhere in the changelog is found here.
@@ -1101,12 +1095,8 @@ fn promote(log: &LogArgs, table: &str) -> Result<()> {
         return Err(usage(format!("promote takes NAME@vN, not {table:?}")));
     };
     let tables = tables(log);
-    let lock = tables
-        .lock(&t.name, false)
-        .map_err(|_| setup(format!("no table {:?}", t.name)))?;
-    let mut m = tables
-        .manifest(&t.name)?
-        .ok_or_else(|| setup(format!("no table {:?}", t.name)))?;
+    let lock = tables.lock_existing(&t.name)?;
+    let mut m = tables.existing(&t.name)?;
     if !m.versions.contains_key(&v) {
         return Err(setup(format!(
             "no version {t} (versions: {})",
@@ -1127,9 +1117,7 @@ fn promote(log: &LogArgs, table: &str) -> Result<()> {
 fn versions(log: &LogArgs, name: &str) -> Result<()> {
     let t = TableRef::parse(name)?;
     let tables = tables(log);
-    let m = tables
-        .manifest(&t.name)?
-        .ok_or_else(|| setup(format!("no table {:?}", t.name)))?;
+    let m = tables.existing(&t.name)?;
     let mut out = String::new();
     for (v, vm) in &m.versions {
         let live = if m.live == Some(*v) { "\tlive" } else { "" };
@@ -1144,12 +1132,8 @@ fn versions(log: &LogArgs, name: &str) -> Result<()> {
 fn drop_cmd(log: &LogArgs, table: &str) -> Result<()> {
     let t = TableRef::parse(table)?;
     let tables = tables(log);
-    let lock = tables
-        .lock(&t.name, false)
-        .map_err(|_| setup(format!("no table {:?}", t.name)))?;
-    let mut m = tables
-        .manifest(&t.name)?
-        .ok_or_else(|| setup(format!("no table {:?}", t.name)))?;
+    let lock = tables.lock_existing(&t.name)?;
+    let mut m = tables.existing(&t.name)?;
     let dirs: Vec<PathBuf> = match t.version {
         Some(v) => {
             let Some(vm) = m.versions.get(&v) else {

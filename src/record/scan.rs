@@ -90,15 +90,16 @@ pub fn scan_object(text: &[u8], out: &mut Scan) -> bool {
 /// The same scan keeping only the members named in `names` (`found[i]` for `names[i]`; the
 /// last one when a key repeats, as JSON readers keep): for readers that look a few fields up
 /// and need not store the others. False when `text` is not one valid JSON object.
-pub fn scan_pick(text: &[u8], names: &[&[u8]], found: &mut [Option<Member>]) -> bool {
+pub fn scan_pick<N: AsRef<[u8]>>(text: &[u8], names: &[N], found: &mut [Option<Member>]) -> bool {
     found.iter_mut().for_each(|f| *f = None);
     scan(text, |m| {
         let raw = &text[m.key.0..m.key.1];
         for (i, n) in names.iter().enumerate() {
+            let n = n.as_ref();
             let hit = if m.key_escaped {
                 key_is(text, &m, n)
             } else {
-                raw.len() == n.len() && raw.first() == n.first() && raw == *n
+                raw.len() == n.len() && raw.first() == n.first() && raw == n
             };
             if hit {
                 found[i] = Some(m);

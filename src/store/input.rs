@@ -57,10 +57,9 @@ pub struct Reader {
     value_finder: memchr::memmem::Finder<'static>,
 }
 
-/// One line, understood.
+/// One line, understood (its key is appended to the caller's buffer).
 #[derive(Debug)]
 pub struct Parsed<'a> {
-    pub key: Vec<u8>,
     /// The JSON value to store; None deletes the key.
     pub value: Option<&'a [u8]>,
     pub ts: Option<i64>,
@@ -88,7 +87,9 @@ impl Reader {
         }
     }
 
-    pub fn parse<'a>(&mut self, line: &'a [u8]) -> Result<Parsed<'a>, String> {
+    /// Reads `line`, appending its key to `key` (the caller's batch buffer, so no key is
+    /// allocated on its own).
+    pub fn parse<'a>(&mut self, line: &'a [u8], key: &mut Vec<u8>) -> Result<Parsed<'a>, String> {
         if let Err(e) = std::str::from_utf8(line) {
             return Err(format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1));
         }
@@ -104,24 +105,22 @@ impl Reader {
         };
         if surely_plain {
             if let Some(names) = &self.names {
-                let refs: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
-                if !scan::scan_pick(line, &refs, &mut self.found) {
+                if !scan::scan_pick(line, names, &mut self.found) {
                     return Err(crate::transform::not_an_object(line));
                 }
-                let mut key = Vec::with_capacity(32);
                 for (i, m) in self.found.iter().enumerate() {
                     if i > 0 {
                         key.push(b'|');
                     }
-                    let name = || String::from_utf8_lossy(refs[i]).into_owned();
-                    let m =
-                        m.ok_or_else(|| format!("no key field {:?} (or it is null)", name()))?;
-                    key_text(&mut key, line, &m)
-                        .ok_or_else(|| format!("no key field {:?} (or it is null)", name()))?;
+                    m.and_then(|m| key_text(key, line, &m)).ok_or_else(|| {
+                        format!(
+                            "no key field {:?} (or it is null)",
+                            String::from_utf8_lossy(&names[i])
+                        )
+                    })?;
                 }
-                let value = self.deleted(line_trimmed(line))?;
+                let value = self.deleted(line.trim_ascii())?;
                 return Ok(Parsed {
-                    key,
                     value,
                     ts: None,
                     source: None,
@@ -155,18 +154,16 @@ impl Reader {
             InputMode::Auto => has_value && all_env,
         };
         if !is_env {
-            let value = line_trimmed(line);
-            let key = match &self.key {
+            match &self.key {
                 KeySpec::Envelope => {
                     return Err(
                         "a plain record has no key: give --key FIELD (or send envelopes)".into(),
                     )
                 }
-                KeySpec::Fields(f) => key_of(line, &self.scan, f)?,
-            };
-            let value = self.deleted(value)?;
+                KeySpec::Fields(f) => key_of(line, &self.scan, f, key)?,
+            }
+            let value = self.deleted(line.trim_ascii())?;
             return Ok(Parsed {
-                key,
                 value,
                 ts: None,
                 source: None,
@@ -186,22 +183,22 @@ impl Reader {
                 )
             }
         };
-        let key = match &self.key {
+        match &self.key {
             KeySpec::Fields(f) => {
                 if value.first() == Some(&b'n') {
                     // A null value deletes; its key must come from the envelope.
-                    envelope_key(line, &env)?
+                    envelope_key(line, &env, key)?
                 } else {
                     if !scan::scan_object(value, &mut self.vscan) {
                         return Err(
                             "the envelope's value is not a JSON object (--key needs one)".into(),
                         );
                     }
-                    key_of(value, &self.vscan, f)?
+                    key_of(value, &self.vscan, f, key)?
                 }
             }
-            KeySpec::Envelope => envelope_key(line, &env)?,
-        };
+            KeySpec::Envelope => envelope_key(line, &env, key)?,
+        }
         let ts = match env[TS] {
             None => None,
             Some(m) => match m.kind {
@@ -246,12 +243,7 @@ impl Reader {
         } else {
             self.deleted(value)?
         };
-        Ok(Parsed {
-            key,
-            value,
-            ts,
-            source,
-        })
+        Ok(Parsed { value, ts, source })
     }
 
     /// The value, or None when --delete-when says the key goes.
@@ -263,31 +255,19 @@ impl Reader {
     }
 }
 
-fn line_trimmed(line: &[u8]) -> &[u8] {
-    let s = line
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(0);
-    let e = line
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(line.len(), |i| i + 1);
-    &line[s..e]
-}
-
-fn envelope_key(line: &[u8], env: &[Option<Member>]) -> Result<Vec<u8>, String> {
+/// Appends the envelope's key: `key` (a string), or `key_base64` decoded.
+fn envelope_key(line: &[u8], env: &[Option<Member>], out: &mut Vec<u8>) -> Result<(), String> {
     match (env[KEY], env[KEY_B64]) {
         (Some(k), _) if k.kind == Kind::Str => {
-            let raw = std::str::from_utf8(k.value(line)).map_err(|_| "bad key")?;
-            serde_json::from_str::<String>(raw)
-                .map(String::into_bytes)
-                .map_err(|e| format!("bad key: {e}"))
+            key_text(out, line, &k).ok_or_else(|| "bad key".to_string())
         }
         (_, Some(k)) if k.kind == Kind::Str => {
             let raw = &line[k.start + 1..k.end - 1];
-            base64::engine::general_purpose::STANDARD
+            let bytes = base64::engine::general_purpose::STANDARD
                 .decode(raw)
-                .map_err(|e| format!("bad key_base64: {e}"))
+                .map_err(|e| format!("bad key_base64: {e}"))?;
+            out.extend_from_slice(&bytes);
+            Ok(())
         }
         (Some(k), _) if k.kind != Kind::Null => Err("the envelope's key is not a string".into()),
         _ => Err("the record has no key (null); give --key FIELD to key by a field".into()),
@@ -313,29 +293,28 @@ fn key_text(out: &mut Vec<u8>, text: &[u8], m: &Member) -> Option<()> {
     }
 }
 
-/// The key from fields of the object `text` (scanned as `s`): each field's text (a string's
-/// contents, a number's literal) joined with `|`.
-fn key_of(text: &[u8], s: &Scan, fields: &[String]) -> Result<Vec<u8>, String> {
-    let mut key = Vec::new();
+/// Appends the key from fields of the object `text` (scanned as `s`): each field's text (a
+/// string's contents, a number's literal) joined with `|`.
+fn key_of(text: &[u8], s: &Scan, fields: &[String], out: &mut Vec<u8>) -> Result<(), String> {
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
-            key.push(b'|');
+            out.push(b'|');
         }
-        let raw: Option<String> = if f.starts_with('/') {
+        let missing = || format!("no key field {f:?} (or it is null)");
+        if f.starts_with('/') {
             let v: serde_json::Value =
                 serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
-            v.pointer(f).map(|x| x.to_string())
+            let t = v
+                .pointer(f)
+                .and_then(|x| scalar_text(&x.to_string()))
+                .ok_or_else(missing)?;
+            out.extend_from_slice(t.as_bytes());
         } else {
-            s.get(text, f.as_bytes())
-                .map(|m| String::from_utf8_lossy(m.value(text)).into_owned())
-        };
-        let t = raw
-            .as_deref()
-            .and_then(scalar_text)
-            .ok_or_else(|| format!("no key field {f:?} (or it is null)"))?;
-        key.extend_from_slice(t.as_bytes());
+            let m = s.get(text, f.as_bytes()).ok_or_else(missing)?;
+            key_text(out, text, m).ok_or_else(missing)?;
+        }
     }
-    Ok(key)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -350,30 +329,38 @@ mod tests {
         Reader::new(mode, key, None)
     }
 
+    /// Parses `line`, returning its key beside the rest.
+    fn parse<'a>(r: &mut Reader, line: &'a [u8]) -> Result<(Vec<u8>, Parsed<'a>), String> {
+        let mut key = Vec::new();
+        r.parse(line, &mut key).map(|p| (key, p))
+    }
+
     #[test]
     fn envelopes_and_plain_records() {
         let mut r = reader(InputMode::Auto, None);
-        let p = r
-            .parse(br#"{"topic":"t","partition":2,"offset":9,"sub":1,"ts":5,"key":"k","value":{"a":1}}"#)
-            .unwrap();
-        assert_eq!(p.key, b"k");
+        let (key, p) = parse(
+            &mut r,
+            br#"{"topic":"t","partition":2,"offset":9,"sub":1,"ts":5,"key":"k","value":{"a":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(key, b"k");
         assert_eq!(p.value, Some(&br#"{"a":1}"#[..]));
         assert_eq!(p.ts, Some(5));
         assert_eq!(p.source, Some(("t", 2, 9, 1)));
         // window output: no provenance.
-        let p = r.parse(br#"{"ts":5,"key":"g","value":{"n":1}}"#).unwrap();
-        assert_eq!((p.key.as_slice(), p.source), (&b"g"[..], None));
-        let p = r.parse(br#"{"key":"g","value":null}"#).unwrap();
+        let (key, p) = parse(&mut r, br#"{"ts":5,"key":"g","value":{"n":1}}"#).unwrap();
+        assert_eq!((key.as_slice(), p.source), (&b"g"[..], None));
+        let (_, p) = parse(&mut r, br#"{"key":"g","value":null}"#).unwrap();
         assert_eq!(p.value, None);
-        assert!(r.parse(br#"{"key":"g","value":1,"other":2}"#).is_err());
+        assert!(parse(&mut r, br#"{"key":"g","value":1,"other":2}"#).is_err());
         let mut r = reader(InputMode::Auto, Some("id,n"));
-        let p = r.parse(br#" {"id":"a","n":3,"key":"x"} "#).unwrap();
-        assert_eq!(p.key, b"a|3");
+        let (key, p) = parse(&mut r, br#" {"id":"a","n":3,"key":"x"} "#).unwrap();
+        assert_eq!(key, b"a|3");
         assert_eq!(p.value, Some(&br#"{"id":"a","n":3,"key":"x"}"#[..]));
-        assert!(r.parse(br#"{"n":3}"#).unwrap_err().contains("\"id\""));
-        assert!(r.parse(b"[1]").is_err());
+        assert!(parse(&mut r, br#"{"n":3}"#).unwrap_err().contains("\"id\""));
+        assert!(parse(&mut r, b"[1]").is_err());
         let mut r = reader(InputMode::Plain, Some("/a/b"));
-        assert_eq!(r.parse(br#"{"a":{"b":"z"}}"#).unwrap().key, b"z");
+        assert_eq!(parse(&mut r, br#"{"a":{"b":"z"}}"#).unwrap().0, b"z");
     }
 
     #[test]
@@ -383,10 +370,13 @@ mod tests {
             KeySpec::Fields(vec!["id".into()]),
             Some(Predicate::new(".gone == true", "--delete-when").unwrap()),
         );
-        assert_eq!(r.parse(br#"{"id":1,"gone":true}"#).unwrap().value, None);
-        assert!(r
-            .parse(br#"{"id":1,"gone":false}"#)
+        assert_eq!(
+            parse(&mut r, br#"{"id":1,"gone":true}"#).unwrap().1.value,
+            None
+        );
+        assert!(parse(&mut r, br#"{"id":1,"gone":false}"#)
             .unwrap()
+            .1
             .value
             .is_some());
     }

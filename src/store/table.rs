@@ -155,11 +155,23 @@ impl Tables {
         Ok(TableLock { _lock: lock })
     }
 
+    /// The manifest of a table that must exist.
+    pub fn existing(&self, name: &str) -> Result<Manifest> {
+        self.manifest(name)?
+            .ok_or_else(|| setup(format!("no table {name:?}")))
+    }
+
+    /// The lock of a table that must exist.
+    pub fn lock_existing(&self, name: &str) -> Result<TableLock> {
+        if !self.table_dir(name).is_dir() {
+            return Err(setup(format!("no table {name:?}")));
+        }
+        self.lock(name, false)
+    }
+
     /// Resolves a reference to (version, generation directory) for reading.
     pub fn resolve(&self, t: &TableRef) -> Result<(u32, PathBuf)> {
-        let m = self
-            .manifest(&t.name)?
-            .ok_or_else(|| setup(format!("no table {:?}", t.name)))?;
+        let m = self.existing(&t.name)?;
         let v = match t.version {
             Some(v) => v,
             None => m.live.ok_or_else(|| {

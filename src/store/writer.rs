@@ -54,6 +54,7 @@ pub struct TableWriter {
     index_stale: bool,
     tomb: Vec<u8>,
     commit_hdr: Vec<u8>,
+    id_buf: String,
     pub skipped: u64,
     pub upserts: u64,
     pub deletes: u64,
@@ -132,6 +133,7 @@ impl TableWriter {
             index_stale,
             tomb: changelog::header(changelog::TOMBSTONE_HEADER),
             commit_hdr: changelog::header(changelog::COMMIT_HEADER),
+            id_buf: String::new(),
             skipped: 0,
             upserts: 0,
             deletes: 0,
@@ -159,16 +161,27 @@ impl TableWriter {
 
     /// Whether the record from `src` was applied already (at or below the high-water mark).
     fn seen(&mut self, src: &Source<'_>) -> bool {
-        let id = format!("{}/{}", src.topic, src.partition);
-        let hw = self
-            .batch_sources
-            .get(&id)
-            .or_else(|| self.commit.sources.get(&id))
-            .copied();
-        if hw.is_some_and(|hw| (src.offset, src.sub) <= hw) {
+        // The source's name in a reused buffer: no allocation per record.
+        use std::fmt::Write as _;
+        self.id_buf.clear();
+        let _ = write!(self.id_buf, "{}/{}", src.topic, src.partition);
+        let at = (src.offset, src.sub);
+        if let Some(hw) = self.batch_sources.get_mut(self.id_buf.as_str()) {
+            if at <= *hw {
+                return true;
+            }
+            *hw = at;
+            return false;
+        }
+        if self
+            .commit
+            .sources
+            .get(self.id_buf.as_str())
+            .is_some_and(|hw| at <= *hw)
+        {
             return true;
         }
-        self.batch_sources.insert(id, (src.offset, src.sub));
+        self.batch_sources.insert(self.id_buf.clone(), at);
         false
     }
 
@@ -246,16 +259,7 @@ impl TableWriter {
             sources: self.commit.sources.clone(),
         };
         next.sources.extend(std::mem::take(&mut self.batch_sources));
-        let body = serde_json::to_vec(&next)
-            .map_err(|e| Error::Data(format!("encoding a commit marker: {e}")))?;
-        let marker = self.pw.append(&RecordRef {
-            timestamp: NO_TS,
-            key: None,
-            value: &body,
-            headers: &self.commit_hdr,
-            header_count: 1,
-            value_is_json: true,
-        })?;
+        let marker = append_commit(&mut self.pw, &self.commit_hdr, &next)?;
         self.last_marker = Some(marker);
         if self.fsync == FsyncMode::Never && !self.durable_commits {
             self.pw.flush()?;
@@ -377,16 +381,7 @@ impl TableWriter {
             records: live.len() as u64,
             sources: self.commit.sources.clone(),
         };
-        let body = serde_json::to_vec(&c)
-            .map_err(|e| Error::Data(format!("encoding a commit marker: {e}")))?;
-        let covered = pw.append(&RecordRef {
-            timestamp: NO_TS,
-            key: None,
-            value: &body,
-            headers: &self.commit_hdr,
-            header_count: 1,
-            value_is_json: true,
-        })?;
+        let covered = append_commit(&mut pw, &self.commit_hdr, &c)?;
         pw.sync()?;
         let ix = keyindex::encode(entries.into_iter(), covered, c.records);
         let ipath = new_dir.join(keyindex::FILE_NAME);
@@ -467,6 +462,20 @@ pub struct CompactReport {
     pub records_before: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+}
+
+/// Appends a commit marker; returns its offset.
+fn append_commit(pw: &mut PartitionWriter, header: &[u8], c: &Commit) -> Result<u64> {
+    let body =
+        serde_json::to_vec(c).map_err(|e| Error::Data(format!("encoding a commit marker: {e}")))?;
+    pw.append(&RecordRef {
+        timestamp: NO_TS,
+        key: None,
+        value: &body,
+        headers: header,
+        header_count: 1,
+        value_is_json: true,
+    })
 }
 
 pub fn garbage_ratio(live: u64, records: u64) -> f64 {
