@@ -3,7 +3,7 @@
 # file (cat, dd, jq), since the machine is shared and noisy. Each command runs RUNS times and
 # the best wall time is kept (jq and mlr, much slower, run once). Usage: scripts/bench.sh [RECORDS]
 # (default 2,000,000). ONLY="window transform" runs just those sections (after the baselines);
-# the sections are produce, consume, latency, transform, window, store and replay.
+# the sections are produce, consume, latency, transform, window, store, replay and serve.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000000}
@@ -231,4 +231,26 @@ echo "== replay: pacing, a recorded hour (gen-fleet.sh: 50 vans, one reading a s
 scripts/gen-fleet.sh 180000 > "$work/hour.ndjson"
 t_p=$(runs=1 best "'$bin/replay' --file '$work/hour.ndjson' --ts ts --speed 60x")
 printf '%-58s %7.3f s (the recording spans 3599 s: %.3f s expected, %+.2f%%)\n' "replay --speed 60x" "$t_p" "$(echo "3599 / 60" | bc -l)" "$(echo "($t_p - 3599 / 60) / (3599 / 60) * 100" | bc -l)"
+fi
+
+if want serve; then
+echo "== serve: produce/consume through logd serve (loopback, --fsync batch) beside the local tools"
+slog="$work/srvlog"; llog="$work/srvlocal"
+rm -rf "$slog" "$llog"
+"$bin/logd" --log "$slog" serve -q --listen 127.0.0.1:0 > "$work/url" &
+spid=$!
+sleep 0.5
+url=$(cat "$work/url")
+SETUP="rm -rf '$llog'"
+t_lp=$(best "'$bin/produce' --log '$llog' -q -t t --partitions 4 --key vehicle_id --ts ts '$data'"); row "produce --log (baseline)" "$t_lp"
+unset SETUP
+t_sp=$(runs=1 best "'$bin/produce' --server '$url' -q -t t --partitions 4 --key vehicle_id --ts ts '$data'"); row "produce --server" "$t_sp"
+printf '%58s %7.2fx local produce\n' "" "$(echo "$t_lp / $t_sp" | bc -l)"
+t_lc=$(best "'$bin/consume' --log '$llog' -t t"); row "consume --log (baseline)" "$t_lc"
+t_sc=$(best "'$bin/consume' --server '$url' -t t"); row "consume --server" "$t_sc"
+printf '%58s %7.2fx local consume\n' "" "$(echo "$t_lc / $t_sc" | bc -l)"
+kill -TERM "$spid"; wait "$spid" || true
+echo "== serve: 64 producers x 1,000-record batches for 10 s + 16 followers; 2,000 idle connections"
+KAPPA_LOAD_PRODUCERS=64 KAPPA_LOAD_SECONDS=10 KAPPA_LOAD_FOLLOWERS=16 KAPPA_LOAD_IDLE=2000 \
+  cargo test --release --test cli serve_load -- --test-threads 1 --nocapture 2>&1 | grep -oE 'serve (load|under).*'
 fi

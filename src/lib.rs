@@ -8,6 +8,7 @@ pub mod cmd;
 pub mod error;
 pub mod log;
 pub mod record;
+pub mod server;
 pub mod store;
 pub mod transform;
 pub mod window;

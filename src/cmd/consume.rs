@@ -14,10 +14,14 @@ use crate::log::{Log, PartitionReader};
 use crate::record::json::write_str;
 use crate::record::template::Template;
 use crate::record::{envelope, time};
+use crate::server::client::ServerArgs;
 use clap::{CommandFactory, Parser};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+#[path = "consume_remote.rs"]
+mod remote;
 
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait between looks at the log in --follow mode (inotify usually wakes us first).
@@ -72,6 +76,16 @@ Examples:
 pub struct Args {
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// With --server --group: the member is dropped after this long without a heartbeat
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        requires = "server"
+    )]
+    pub session_timeout: String,
     /// Topic to read
     #[arg(short = 't', long, value_name = "TOPIC")]
     pub topic: String,
@@ -149,6 +163,57 @@ pub(crate) fn parse_start(s: &str) -> Result<Start> {
     })
 }
 
+fn out_kind(a: &Args) -> Result<Out> {
+    Ok(if a.value {
+        Out::Value
+    } else if a.csv {
+        Out::Csv(a.columns.as_deref().map(parse_columns), false)
+    } else if let Some(f) = &a.format {
+        Out::Template(Template::parse(f).map_err(usage)?)
+    } else {
+        let mut t = Vec::new();
+        write_str(&mut t, &a.topic);
+        Out::Envelope(t)
+    })
+}
+
+/// Opens a partition at `committed` (a group's offset) or else at `start`, and resolves
+/// where it ends (`to`, exclusive) now.
+pub(crate) fn open_range(
+    dir: &std::path::Path,
+    committed: Option<u64>,
+    start: &Start,
+    to: Option<&Start>,
+) -> Result<(PartitionReader, Option<u64>)> {
+    let mut reader = PartitionReader::open(dir)?;
+    match (committed, start) {
+        (Some(o), _) => reader.seek(o)?,
+        (None, Start::Earliest) => reader.seek(0)?,
+        (None, Start::Latest) => {
+            let e = reader.end_offset()?;
+            reader.seek(e)?
+        }
+        (None, Start::Offset(o)) => reader.seek(*o)?,
+        (None, Start::Last(n)) => {
+            let e = reader.end_offset()?;
+            reader.seek(e.saturating_sub(*n))?
+        }
+        (None, Start::Time(t)) => reader.seek_time(*t)?,
+    }
+    let end = match to {
+        None => None,
+        Some(Start::Offset(o)) => Some(*o),
+        Some(Start::Latest) => Some(reader.end_offset()?),
+        Some(Start::Time(t)) => {
+            let mut r2 = PartitionReader::open(dir)?;
+            r2.seek_time(*t)?;
+            Some(r2.position())
+        }
+        Some(_) => None,
+    };
+    Ok((reader, end))
+}
+
 enum Out {
     Envelope(Vec<u8>),
     Value,
@@ -191,6 +256,9 @@ struct Part {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.server.server.is_some() {
+        return remote::run(a);
+    }
     let log = Log::new(a.log.dir());
     let cfg = log.topic_config(&a.topic)?;
     if let Some(p) = a.partition {
@@ -217,17 +285,7 @@ pub fn run(a: Args) -> Result<()> {
         Some(g) => groups.load(g)?.remove(&a.topic).unwrap_or_default(),
         None => BTreeMap::new(),
     };
-    let mut out_kind = if a.value {
-        Out::Value
-    } else if a.csv {
-        Out::Csv(a.columns.as_deref().map(parse_columns), false)
-    } else if let Some(f) = &a.format {
-        Out::Template(Template::parse(f).map_err(usage)?)
-    } else {
-        let mut t = Vec::new();
-        write_str(&mut t, &a.topic);
-        Out::Envelope(t)
-    };
+    let mut out_kind = out_kind(&a)?;
     let mut parts = Vec::new();
     for p in 0..cfg.partitions {
         if a.partition.is_some_and(|x| x != p) {
@@ -240,32 +298,7 @@ pub fn run(a: Args) -> Result<()> {
                 dir.display()
             )));
         }
-        let mut reader = PartitionReader::open(&dir)?;
-        match (committed.get(&p), &start) {
-            (Some(&o), _) => reader.seek(o)?,
-            (None, Start::Earliest) => reader.seek(0)?,
-            (None, Start::Latest) => {
-                let e = reader.end_offset()?;
-                reader.seek(e)?
-            }
-            (None, Start::Offset(o)) => reader.seek(*o)?,
-            (None, Start::Last(n)) => {
-                let e = reader.end_offset()?;
-                reader.seek(e.saturating_sub(*n))?
-            }
-            (None, Start::Time(t)) => reader.seek_time(*t)?,
-        }
-        let end = match &end {
-            None => None,
-            Some(Start::Offset(o)) => Some(*o),
-            Some(Start::Latest) => Some(reader.end_offset()?),
-            Some(Start::Time(t)) => {
-                let mut r2 = PartitionReader::open(&dir)?;
-                r2.seek_time(*t)?;
-                Some(r2.position())
-            }
-            Some(_) => None,
-        };
+        let (reader, end) = open_range(&dir, committed.get(&p).copied(), &start, end.as_ref())?;
         parts.push(Part {
             p,
             reader,

@@ -1,5 +1,5 @@
-//! `logd`: the log's administrator, offline: topics, groups, verify, recover and retention.
-//! (`logd serve`, the network daemon, is not part of this build.)
+//! `logd`: the log's administrator: topics, groups, verify, recover and retention, and
+//! `logd serve`, the network daemon (its code is in `crate::server`).
 
 use crate::cli::{self, LogArgs};
 use crate::error::{usage, Error, Result};
@@ -70,6 +70,101 @@ segment open keeps reading it. Partitions held by a running writer are skipped: 
 retention themselves each time they roll a segment."
     )]
     Retention(TopicFilter),
+    /// Serve the log over HTTP: produce, consume, consumer groups, metrics
+    #[command(long_about = SERVE_ABOUT, after_long_help = SERVE_AFTER)]
+    Serve(ServeArgs),
+}
+
+const SERVE_ABOUT: &str = "\
+Serve the log over HTTP/1.1 so devices, remote pipelines and consumer groups can use it, and
+keep it in shape while serving (retention, segment roll by age, recovery checkpoints).
+
+API (JSON answers; records as NDJSON):
+  POST /topics/T/records   append the body: format=ndjson|csv|lines|envelope, key=FIELD,
+                           ts=FIELD, ts_format=FMT, partition=P, partitions=N (when creating),
+                           on_error=fail|skip. Answered after the records are durable per
+                           --fsync, with {\"records\",\"ranges\":[{\"partition\",\"first\",\"last\"}],
+                           \"skipped\",\"errors\"}; in fail mode a bad line stops the body: the
+                           records before it are appended and the answer is 422 (413 for an
+                           oversize record) naming the line. Requests of all clients are
+                           group-committed: one fdatasync serves every request of a round.
+  GET  /topics/T/records   envelopes, streamed: partition=P, from=, to=, max=N, follow=true,
+                           offsets=P:O,... (resume); ends with {\"end\":\"done\"} (or
+                           \"shutdown\", \"rebalance\", or {\"error\":...} on damage)
+  POST /groups/G/join?topic=T&member=ID&session_timeout=10s, /heartbeat?member=ID (body
+                           {\"offsets\":{\"P\":O}} commits), /leave?member=ID
+  GET  /groups/G/records?member=ID&follow=true   the member's partitions from the group's
+                           committed offsets; ends with \"rebalance\" when the assignment changes
+  GET  /topics, /topics/T, /groups, /groups/G, /healthz, /metrics (Prometheus text)
+
+Idempotent producers: a request with the headers Producer-Id (a name) and Producer-Seq (an
+integer that grows by batch) is appended once: a retry of the same pair, even after a crash and
+restart of the server, is answered with the first answer's ranges and appends nothing again
+(or only what had not landed). produce --server does this by itself.
+
+Groups: members of a group share the topic's partitions (ranges over the members sorted by
+id); a member that sends no heartbeat within the session timeout it joined with (consume
+--session-timeout) is dropped, and every join, leave or drop reassigns. A member may commit only the partitions it owns, so a slow member never moves
+another's offsets; records may repeat after a rebalance, never be skipped.
+
+The directory is owned while serving: local `produce` on it fails with a message naming the
+server's URL (use produce --server), and a second server is refused. Readers (consume, replay,
+store) work beside it as usual.
+
+Security: loopback only unless --token-file is given (or --insecure). TLS is not built in:
+put a TLS-terminating proxy (nginx, Caddy, HAProxy) in front for other networks.
+
+SIGTERM or SIGINT: stop accepting, finish requests in flight, end streams with
+{\"end\":\"shutdown\"}, fsync, write recovery checkpoints, release the directory, exit 0.";
+
+const SERVE_AFTER: &str = "\
+Exit status: 0 after SIGTERM/SIGINT; 2 bad flags, a non-loopback --listen without a token,
+the address in use, or the directory already served.
+
+Examples:
+  logd --log /var/lib/kappa serve --listen 127.0.0.1:7070
+  logd --log /var/lib/kappa serve --listen 0.0.0.0:7070 --token-file /etc/kappa/token
+  curl --data-binary @readings.ndjson 'http://127.0.0.1:7070/topics/telemetry/records?key=vehicle_id&ts=ts'
+  consume --server http://127.0.0.1:7070 -t telemetry --group dash --follow";
+
+#[derive(ClapArgs, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0: any free port; the URL is printed on stdout)
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "HOST:PORT")]
+    pub listen: String,
+    /// When to fdatasync appended records before answering
+    #[arg(long, value_enum, default_value = "batch", value_name = "MODE")]
+    pub fsync: FsyncMode,
+    /// Require `Authorization: Bearer TOKEN`, TOKEN read from FILE
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Allow a non-loopback --listen without --token-file
+    #[arg(long)]
+    pub insecure: bool,
+    /// Largest request body
+    #[arg(long, default_value = "16MiB", value_name = "SIZE")]
+    pub max_body_bytes: String,
+    /// Largest record
+    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
+    pub max_record_bytes: String,
+    /// Connections served at once; more are answered 503
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_connections: usize,
+    /// Time a client has to send a request head (then 408 and closed)
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub header_timeout: String,
+    /// Time a client has to send a request body (then 408)
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub request_timeout: String,
+    /// A connection with no request and no traffic for this long is closed
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub idle_timeout: String,
+    /// Follow streams open at once per client address (more are answered 429)
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_follows_per_client: usize,
+    /// No messages on stderr
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -204,7 +299,54 @@ pub fn run(a: Args) -> Result<()> {
         Cmd::Retention(f) => per_partition(&log, &f, "retention", false, |w| {
             w.apply_retention(time::now_ms())
         }),
+        Cmd::Serve(s) => serve(&a.log, s),
     }
+}
+
+fn serve(log: &LogArgs, s: ServeArgs) -> Result<()> {
+    let dur = |flag: &str, v: &str| -> Result<std::time::Duration> {
+        match time::parse_duration_ms(v) {
+            Ok(ms) if ms > 0 => Ok(std::time::Duration::from_millis(ms as u64)),
+            _ => Err(usage(format!(
+                "--{flag} {v:?}: expected a duration such as 10s"
+            ))),
+        }
+    };
+    let size = |flag: &str, v: &str| -> Result<usize> {
+        match time::parse_size(v) {
+            Ok(n) if n > 0 => Ok(n as usize),
+            _ => Err(usage(format!(
+                "--{flag} {v:?}: expected a size such as 16MiB"
+            ))),
+        }
+    };
+    let max_record = size("max-record-bytes", &s.max_record_bytes)?;
+    if max_record > crate::log::format::MAX_RECORD_BYTES {
+        return Err(usage(format!(
+            "--max-record-bytes must be at most {}",
+            crate::log::format::MAX_RECORD_BYTES
+        )));
+    }
+    let limits = crate::server::Limits {
+        max_body: size("max-body-bytes", &s.max_body_bytes)?,
+        max_record,
+        max_connections: s.max_connections.max(1),
+        header_timeout: dur("header-timeout", &s.header_timeout)?,
+        idle_timeout: dur("idle-timeout", &s.idle_timeout)?,
+        request_timeout: dur("request-timeout", &s.request_timeout)?,
+        follows_per_client: s.max_follows_per_client.max(1),
+    };
+    let token = crate::server::client::read_token(s.token_file.as_deref())?
+        .filter(|_| s.token_file.is_some());
+    crate::server::serve(crate::server::Options {
+        log: log.dir(),
+        listen: s.listen,
+        fsync: s.fsync,
+        token,
+        insecure: s.insecure,
+        limits,
+        quiet: s.quiet,
+    })
 }
 
 fn stdout_line(s: &str) -> Result<()> {
@@ -382,8 +524,34 @@ fn groups(log: &Log, g: GroupsCmd) -> Result<()> {
         }
         GroupsCmd::Describe { group, json } => {
             names::validate("group", &group)?;
-            if !groups.exists(&group)? {
+            let members = live_members(log, &group);
+            if !groups.exists(&group)? && members.is_empty() {
                 return Err(crate::error::setup(format!("no group {group:?}")));
+            }
+            if !members.is_empty() && !json {
+                stdout_line("member\tpartitions\tlast_heartbeat_ms_ago")?;
+            }
+            for m in &members {
+                if json {
+                    let mut v = m.clone();
+                    v["group"] = serde_json::json!(group);
+                    stdout_line(&v.to_string())?;
+                } else {
+                    let parts: Vec<String> = m["partitions"]
+                        .as_array()
+                        .map(|a| a.iter().map(|p| p.to_string()).collect())
+                        .unwrap_or_default();
+                    stdout_line(&format!(
+                        "{}\t{}\t{}",
+                        m["member"].as_str().unwrap_or("?"),
+                        if parts.is_empty() {
+                            "-".into()
+                        } else {
+                            parts.join(",")
+                        },
+                        m["last_heartbeat_ms_ago"]
+                    ))?;
+                }
             }
             let offs = groups.load(&group)?;
             if !json {
@@ -463,6 +631,27 @@ fn groups(log: &Log, g: GroupsCmd) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Members of a group as the server serving this directory sees them (none when no server
+/// runs; KAPPA_TOKEN is sent when the server wants a token).
+fn live_members(log: &Log, group: &str) -> Vec<serde_json::Value> {
+    use crate::server::client::{Client, ServerArgs};
+    let Some(url) = crate::server::owner::served_by(log.root()) else {
+        return Vec::new();
+    };
+    let args = ServerArgs {
+        server: Some(url),
+        token_file: None,
+        server_retry: "0s".into(),
+    };
+    let Ok(c) = Client::new(&args) else {
+        return Vec::new();
+    };
+    match c.get_json(&format!("/groups/{group}")) {
+        Ok(v) => v["members"].as_array().cloned().unwrap_or_default(),
+        Err(_) => Vec::new(),
     }
 }
 

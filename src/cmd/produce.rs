@@ -7,15 +7,15 @@
 
 use crate::cli::onerror::{BadRecords, OnError};
 use crate::cli::{self, progress, LogArgs};
-use crate::error::{usage, Error, Result};
-use crate::log::format::{RecordRef, MAX_RECORD_BYTES};
+use crate::error::{setup, usage, Error, Result};
+use crate::log::format::MAX_RECORD_BYTES;
 use crate::log::partitioner::partition_for_key;
 use crate::log::{FsyncMode, Log, PartitionWriter, TopicConfig};
-use crate::record::fields::{self, FieldPath, RawText};
+use crate::record::ingest::{Format, Ingest, Item, Prepared};
 use crate::record::lines::{LineReader, Next, StdinFile};
-use crate::record::{csvrow, envelope, time};
+use crate::record::{envelope, time};
+use crate::server::client::{self, status_error, Client, Failure, ServerArgs};
 use clap::{CommandFactory, Parser};
-use std::borrow::Cow;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -57,7 +57,14 @@ input stalls at most every 50 ms, and before exit) so exit 0 means every record 
 disk and survives a power cut, at a small cost; `always` syncs each record before reading the
 next (thousands of records/s, not millions); `never` only hands bytes to the kernel: they
 survive a crash of produce but not of the machine. Exit 0 means every record read was
-appended and flushed to the stated level.
+appended and flushed to the stated level. With --server, the server's own --fsync decides, and
+exit 0 means the server acknowledged every record at that level.
+
+--server URL sends the records to `logd serve` instead of opening a log directory: the input is
+read and checked here (same formats, errors, dead letters and line numbers), and sent in
+batches that carry a producer id and sequence number, so a batch retried after a lost answer
+or a server restart is appended once. An unreachable or restarting server is retried for
+--server-retry (then exit 2).
 
 Bad input (not JSON, not an object, invalid UTF-8, a missing key or timestamp field, an
 unparsable timestamp, a record over --max-record-bytes): --on-error fail (the default) stops
@@ -83,6 +90,8 @@ Examples:
 pub struct Args {
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Topic to append to
     #[arg(short = 't', long, value_name = "TOPIC")]
     pub topic: String,
@@ -139,30 +148,23 @@ pub fn command() -> clap::Command {
     Args::command()
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Ndjson,
-    Csv,
-    Lines,
-    Envelope,
-}
-
-/// One record ready to append.
-struct Prepared<'a> {
-    key: Option<Cow<'a, [u8]>>,
-    ts: Option<i64>,
-    value: Cow<'a, [u8]>,
-    json: bool,
-    headers: Cow<'a, [u8]>,
-    header_count: u32,
+impl Args {
+    fn format(&self) -> Format {
+        if self.csv {
+            Format::Csv
+        } else if self.lines {
+            Format::Lines
+        } else if self.envelope {
+            Format::Envelope
+        } else {
+            Format::Ndjson
+        }
+    }
 }
 
 struct Producer {
     topic: String,
-    format: Format,
-    key: Option<FieldPath>,
-    ts: Option<FieldPath>,
-    ts_format: Option<String>,
+    ingest: Ingest,
     partitions: u32,
     forced: Option<u32>,
     writers: Vec<Option<PartitionWriter>>,
@@ -173,21 +175,73 @@ struct Producer {
     records: u64,
     bytes: u64,
     last_sync: Instant,
-    csv_headers: Option<Vec<String>>,
     pb: indicatif::ProgressBar,
     quiet: bool,
+    /// --server: records go to `logd serve` instead of local writers.
+    remote: Option<Remote>,
+}
+
+/// A batch is sent at this many records or bytes, or as soon as the input stalls.
+const REMOTE_BATCH_RECORDS: u64 = 5000;
+const REMOTE_BATCH_BYTES: usize = 1 << 20;
+
+/// produce --server: records already parsed and checked here (so bad lines, dead letters
+/// and line numbers are exactly those of a local produce) travel as envelopes, in batches
+/// numbered for the server's idempotence: a batch retried after a lost answer or a server
+/// restart is appended once.
+struct Remote {
+    client: Client,
+    path: String,
+    producer: String,
+    seq: u64,
+    body: Vec<u8>,
+    pending: u64,
+}
+
+impl Remote {
+    fn add(&mut self, p: &Prepared<'_>) -> bool {
+        envelope::write_input(&mut self.body, p);
+        self.body.push(b'\n');
+        self.pending += 1;
+        self.pending >= REMOTE_BATCH_RECORDS || self.body.len() >= REMOTE_BATCH_BYTES
+    }
+
+    /// Sends the batch; returns (partition, count) of what the server appended.
+    fn send(&mut self) -> Result<Vec<(u32, u64)>> {
+        if self.pending == 0 {
+            return Ok(Vec::new());
+        }
+        self.seq += 1;
+        let headers = [
+            ("producer-id", self.producer.clone()),
+            ("producer-seq", self.seq.to_string()),
+            ("content-type", "application/x-ndjson".to_string()),
+        ];
+        let (c, path, body) = (&self.client, &self.path, &self.body);
+        let v = c.retrying("produce", || c.post(path, &headers, body))?;
+        let mut got = Vec::new();
+        let mut total = 0;
+        for r in v["ranges"].as_array().into_iter().flatten() {
+            let (p, n) = (r["partition"].as_u64(), r["count"].as_u64());
+            if let (Some(p), Some(n)) = (p, n) {
+                got.push((p as u32, n));
+                total += n;
+            }
+        }
+        if total != self.pending {
+            return Err(Error::Data(format!(
+                "the server appended {total} of a batch of {} records: {v}",
+                self.pending
+            )));
+        }
+        self.body.clear();
+        self.pending = 0;
+        Ok(got)
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let format = if a.csv {
-        Format::Csv
-    } else if a.lines {
-        Format::Lines
-    } else if a.envelope {
-        Format::Envelope
-    } else {
-        Format::Ndjson
-    };
+    let format = a.format();
     if matches!(format, Format::Lines | Format::Envelope) && (a.key.is_some() || a.ts.is_some()) {
         return Err(usage(
             "--key and --ts need NDJSON or CSV input (envelopes carry their own)",
@@ -199,8 +253,21 @@ pub fn run(a: Args) -> Result<()> {
             "--max-record-bytes must be 1 to {MAX_RECORD_BYTES}"
         )));
     }
+    let ingest = Ingest::new(
+        format,
+        a.key.as_deref(),
+        a.ts.as_deref(),
+        a.ts_format.as_deref(),
+        max_record as usize,
+        "--max-record-bytes",
+    )
+    .map_err(usage)?;
     let on_error = OnError::parse(&a.on_error)?;
+    if a.server.server.is_some() {
+        return run_remote(&a, ingest, on_error, max_record as usize);
+    }
     let log = Log::new(a.log.dir());
+    crate::server::owner::refuse_if_served(log.root(), "produce")?;
     let topic = a.topic.clone();
     if !log.topic_exists(&topic)? {
         log.create_topic(&topic, &TopicConfig::new(a.partitions.unwrap_or(1)))?;
@@ -244,10 +311,7 @@ pub fn run(a: Args) -> Result<()> {
     let show = a.progress.wanted();
     let mut pr = Producer {
         topic,
-        format,
-        key: a.key.as_deref().map(FieldPath::parse),
-        ts: a.ts.as_deref().map(FieldPath::parse),
-        ts_format: a.ts_format.clone(),
+        ingest,
         partitions: cfg.partitions,
         forced: a.partition,
         writers,
@@ -258,34 +322,112 @@ pub fn run(a: Args) -> Result<()> {
         records: 0,
         bytes: 0,
         last_sync: Instant::now(),
-        csv_headers: None,
         pb: progress::records_spinner(show, "produce"),
         quiet: a.quiet,
+        remote: None,
     };
-    let started = Instant::now();
-    let files = if a.files.is_empty() {
-        vec![PathBuf::from("-")]
-    } else {
-        a.files.clone()
+    pr.run(&a, max_record as usize)
+}
+
+fn run_remote(a: &Args, ingest: Ingest, on_error: OnError, max: usize) -> Result<()> {
+    crate::log::names::validate("topic", &a.topic)?;
+    let mut client = Client::new(&a.server)?;
+    client.retry_for = time::parse_duration_ms(&a.server.server_retry)
+        .map(|ms| Duration::from_millis(ms.max(0) as u64))
+        .map_err(|e| usage(format!("--server-retry: {e}")))?;
+    let tpath = format!("/topics/{}", a.topic);
+    let existing = match client.get_json(&tpath) {
+        Ok(v) => v["partitions"].as_u64().map(|n| n as u32),
+        Err(Failure::Status(404, _)) => None,
+        Err(Failure::Status(s, m)) => return Err(status_error("produce", s, &m)),
+        Err(Failure::Unreachable(m)) => {
+            // Retried like any request: the server may be starting.
+            match client.retrying("produce", || client.get_json(&tpath)) {
+                Ok(v) => v["partitions"].as_u64().map(|n| n as u32),
+                Err(e) if e.to_string().contains("HTTP 404") => None,
+                Err(e) => return Err(setup(format!("{e} ({m})"))),
+            }
+        }
     };
-    let mut result = Ok(());
-    for f in &files {
-        pr.csv_headers = None;
-        result = pr.read_source(f, max_record as usize);
-        if result.is_err() {
-            break;
+    let partitions = existing.unwrap_or(a.partitions.unwrap_or(1));
+    if let (Some(n), Some(e)) = (a.partitions, existing) {
+        if n != e {
+            return Err(setup(format!(
+                "topic {:?} has {e} partitions, not {n} (--partitions applies on creation)",
+                a.topic
+            )));
         }
     }
-    // Whatever happened, everything appended so far is made durable per --fsync.
-    let closed = pr.close();
-    pr.pb.finish_and_clear();
-    result?;
-    closed?;
-    pr.summary(started.elapsed());
-    Ok(())
+    if let Some(p) = a.partition {
+        if p >= partitions {
+            return Err(usage(format!(
+                "--partition {p}: topic {:?} has partitions 0 to {}",
+                a.topic,
+                partitions - 1
+            )));
+        }
+    }
+    let mut q = vec![
+        ("format", "envelope".to_string()),
+        ("partitions", partitions.to_string()),
+    ];
+    if let Some(p) = a.partition {
+        q.push(("partition", p.to_string()));
+    }
+    let path = format!("/topics/{}/records{}", a.topic, client::query(&q));
+    let mut pr = Producer {
+        topic: a.topic.clone(),
+        ingest,
+        partitions,
+        forced: a.partition,
+        writers: Vec::new(),
+        sticky: 0,
+        fsync: a.fsync,
+        bad: BadRecords::new("produce", on_error)?,
+        counts: vec![0; partitions as usize],
+        records: 0,
+        bytes: 0,
+        last_sync: Instant::now(),
+        pb: progress::records_spinner(a.progress.wanted(), "produce"),
+        quiet: a.quiet,
+        remote: Some(Remote {
+            client,
+            path,
+            producer: client::member_id("produce"),
+            seq: 0,
+            body: Vec::with_capacity(REMOTE_BATCH_BYTES + (64 << 10)),
+            pending: 0,
+        }),
+    };
+    pr.run(a, max)
 }
 
 impl Producer {
+    fn run(&mut self, a: &Args, max: usize) -> Result<()> {
+        let pr = self;
+        let started = Instant::now();
+        let files = if a.files.is_empty() {
+            vec![PathBuf::from("-")]
+        } else {
+            a.files.clone()
+        };
+        let mut result = Ok(());
+        for f in &files {
+            pr.ingest.new_source();
+            result = pr.read_source(f, max);
+            if result.is_err() {
+                break;
+            }
+        }
+        // Whatever happened, everything appended so far is made durable per --fsync.
+        let closed = pr.close();
+        pr.pb.finish_and_clear();
+        result?;
+        closed?;
+        pr.summary(started.elapsed());
+        Ok(())
+    }
+
     fn read_source(&mut self, path: &PathBuf, max: usize) -> Result<()> {
         let stdin = path.as_os_str() == "-";
         let (reader, fd, label): (Box<dyn Read>, Option<i32>, String) = if stdin {
@@ -301,8 +443,6 @@ impl Producer {
             )
         };
         let mut lr = LineReader::new(reader, max, fd);
-        let mut csv_buf: Vec<u8> = Vec::new();
-        let mut csv_first_line = 0u64;
         loop {
             match lr
                 .next_line()
@@ -312,62 +452,26 @@ impl Producer {
                 Next::Idle => {
                     self.on_idle(&lr)?;
                 }
-                Next::Line(line) => {
-                    if line.oversize {
-                        let msg = format!("record is larger than --max-record-bytes ({max} bytes)");
-                        self.bad.handle(&label, line.no, &msg, line.bytes, None)?;
-                        continue;
-                    }
-                    if self.format == Format::Csv {
-                        // A CSV record ends at a newline outside quotes: an even quote count.
-                        if csv_buf.is_empty() {
-                            csv_first_line = line.no;
-                        } else {
-                            csv_buf.push(b'\n');
-                        }
-                        csv_buf.extend_from_slice(line.bytes);
-                        if csv_buf.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
-                            if csv_buf.len() > max {
-                                let msg = "unterminated quoted CSV field".to_string();
-                                let prefix = csv_buf[..csv_buf.len().min(1024)].to_vec();
-                                csv_buf.clear();
-                                self.bad
-                                    .handle(&label, csv_first_line, &msg, &prefix, None)?;
-                            }
-                            continue;
-                        }
-                        let rec = std::mem::take(&mut csv_buf);
-                        self.csv_record(&label, csv_first_line, &rec)?;
-                        continue;
-                    }
-                    let no = line.no;
-                    let bytes = line.bytes;
-                    if self.format != Format::Lines && bytes.iter().all(|b| b.is_ascii_whitespace())
-                    {
-                        continue;
-                    }
-                    match self.prepare(bytes) {
-                        Ok(p) => self.append(p)?,
-                        Err(msg) => self.bad.handle(&label, no, &msg, bytes, None)?,
-                    }
-                }
+                Next::Line(line) => match self.ingest.line(line.no, line.bytes, line.oversize) {
+                    Item::Record(p) => self.append(p)?,
+                    Item::Bad(no, msg, bytes) => self.bad.handle(&label, no, &msg, &bytes, None)?,
+                    Item::Nothing => {}
+                },
             }
         }
-        if !csv_buf.is_empty() {
-            let prefix = csv_buf[..csv_buf.len().min(1024)].to_vec();
-            self.bad.handle(
-                &label,
-                csv_first_line,
-                "unterminated quoted CSV field at end of input",
-                &prefix,
-                None,
-            )?;
+        if let Some(Item::Bad(no, msg, bytes)) = self.ingest.finish() {
+            self.bad.handle(&label, no, &msg, &bytes, None)?;
         }
         Ok(())
     }
 
     /// Input has nothing ready: make what we have visible, and durable when it is time.
     fn on_idle<R: Read>(&mut self, lr: &LineReader<R>) -> Result<()> {
+        if self.remote.is_some() {
+            self.remote_send()?;
+            lr.wait(-1);
+            return Ok(());
+        }
         self.flush_all()?;
         if self.fsync == FsyncMode::Batch && self.unsynced() > 0 {
             let since = self.last_sync.elapsed();
@@ -383,133 +487,35 @@ impl Producer {
         Ok(())
     }
 
-    fn prepare<'a>(&self, line: &'a [u8]) -> Result<Prepared<'a>, String> {
-        match self.format {
-            Format::Lines => Ok(Prepared {
-                key: None,
-                ts: None,
-                value: Cow::Borrowed(line),
-                json: false,
-                headers: Cow::Borrowed(&[]),
-                header_count: 0,
-            }),
-            Format::Envelope => {
-                let e = envelope::parse(line)?;
-                // An envelope's numeric ts is milliseconds by definition.
-                let ts = match e.ts {
-                    Some(t) => match t.parse::<i64>() {
-                        Ok(ms) => Some(ms),
-                        Err(_) => Some(fields::ts_ms(&RawText::Borrowed(t), None)?),
-                    },
-                    None => None,
-                };
-                Ok(Prepared {
-                    key: e.key.map(Cow::Owned),
-                    ts,
-                    value: e.value,
-                    json: e.value_is_json,
-                    headers: Cow::Owned(e.headers),
-                    header_count: e.header_count,
-                })
-            }
-            Format::Ndjson | Format::Csv => {
-                let f = fields::find(line, self.key.as_ref(), self.ts.as_ref())?;
-                let key = match (&self.key, &f.key) {
-                    (None, _) => None,
-                    (Some(k), None) => return Err(format!("missing key field {k}")),
-                    (Some(k), Some(raw)) => match key_bytes(raw) {
-                        Some(b) => Some(b),
-                        None => return Err(format!("key field {k} is null")),
-                    },
-                };
-                let ts = match (&self.ts, &f.ts) {
-                    (None, _) => None,
-                    (Some(t), None) => return Err(format!("missing timestamp field {t}")),
-                    (Some(t), Some(raw)) => Some(
-                        fields::ts_ms(raw, self.ts_format.as_deref())
-                            .map_err(|e| format!("field {t}: {e}"))?,
-                    ),
-                };
-                Ok(Prepared {
-                    key,
-                    ts,
-                    value: Cow::Borrowed(line),
-                    json: true,
-                    headers: Cow::Borrowed(&[]),
-                    header_count: 0,
-                })
-            }
-        }
-    }
-
-    fn csv_record(&mut self, label: &str, line_no: u64, rec: &[u8]) -> Result<()> {
-        let mut rdr = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(rec);
-        let mut row = csv::StringRecord::new();
-        let parsed = match rdr.read_record(&mut row) {
-            Ok(true) => Ok(()),
-            Ok(false) => return Ok(()),
-            Err(e) => Err(match e.kind() {
-                csv::ErrorKind::Utf8 { .. } => "invalid UTF-8 in CSV".to_string(),
-                _ => format!("bad CSV: {e}"),
-            }),
-        };
-        if let Err(m) = parsed {
-            return self.bad.handle(label, line_no, &m, rec, None);
-        }
-        let Some(headers) = &self.csv_headers else {
-            let h: Vec<String> = row
-                .iter()
-                .map(|s| s.trim_start_matches('\u{feff}').to_string())
-                .collect();
-            self.csv_headers = Some(h);
+    fn remote_send(&mut self) -> Result<()> {
+        let Some(r) = self.remote.as_mut() else {
             return Ok(());
         };
-        if row.len() == 1 && row.get(0) == Some("") && headers.len() > 1 {
-            return Ok(()); // blank line
-        }
-        if row.len() != headers.len() {
-            let m = format!(
-                "CSV row has {} fields, the header has {}",
-                row.len(),
-                headers.len()
-            );
-            return self.bad.handle(label, line_no, &m, rec, None);
-        }
-        let mut obj = Vec::with_capacity(rec.len() + 16 * headers.len());
-        let cells: Vec<&str> = row.iter().collect();
-        csvrow::write_object(&mut obj, headers, &cells);
-        let found = self
-            .prepare(&obj)
-            .map(|p| (p.key.map(|k| k.into_owned()), p.ts));
-        match found {
-            Ok((key, ts)) => {
-                let p = Prepared {
-                    key: key.map(Cow::Owned),
-                    ts,
-                    value: Cow::Owned(obj),
-                    json: true,
-                    headers: Cow::Borrowed(&[]),
-                    header_count: 0,
-                };
-                self.append(p)
+        let r = r.send();
+        // Dead letters are made durable with the records they stand beside.
+        self.bad.flush(self.fsync != FsyncMode::Never)?;
+        for (p, n) in r? {
+            if let Some(c) = self.counts.get_mut(p as usize) {
+                *c += n;
             }
-            Err(m) => self.bad.handle(label, line_no, &m, rec, None),
         }
+        Ok(())
     }
 
     fn append(&mut self, p: Prepared<'_>) -> Result<()> {
-        let ts = p.ts.unwrap_or_else(time::now_ms);
-        let rec = RecordRef {
-            timestamp: ts,
-            key: p.key.as_deref(),
-            value: &p.value,
-            headers: &p.headers,
-            header_count: p.header_count,
-            value_is_json: p.json,
-        };
+        if let Some(r) = self.remote.as_mut() {
+            let full = r.add(&p);
+            self.records += 1;
+            self.bytes += p.value.len() as u64;
+            if self.records % 4096 == 0 {
+                self.pb.set_position(self.records);
+            }
+            if full {
+                self.remote_send()?;
+            }
+            return Ok(());
+        }
+        let rec = p.as_ref(p.ts.unwrap_or_else(time::now_ms));
         let part = match (self.forced, &p.key) {
             (Some(f), _) => f,
             (None, Some(k)) => partition_for_key(k, self.partitions),
@@ -574,6 +580,9 @@ impl Producer {
     }
 
     fn close(&mut self) -> Result<()> {
+        if self.remote.is_some() {
+            return self.remote_send();
+        }
         let mut first_err = None;
         for w in self.writers.iter_mut() {
             if let Some(w) = w.take() {
@@ -622,18 +631,4 @@ impl Producer {
         }
         cli::note(false, "produce", &msg);
     }
-}
-
-/// The key bytes of a field, borrowed when the JSON text needs no unescaping.
-fn key_bytes<'a>(raw: &RawText<'a>) -> Option<Cow<'a, [u8]>> {
-    if let RawText::Borrowed(s) = raw {
-        let b = s.as_bytes();
-        if b.len() >= 2 && b[0] == b'"' && !b.contains(&b'\\') {
-            return Some(Cow::Borrowed(&b[1..b.len() - 1]));
-        }
-        if b.first().is_some_and(|c| c.is_ascii_digit() || *c == b'-') {
-            return Some(Cow::Borrowed(b));
-        }
-    }
-    fields::key_bytes(raw).map(Cow::Owned)
 }

@@ -245,6 +245,27 @@ pub struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
+    /// A record from its parts; `headers` encoded as in the record layout.
+    pub fn from_parts(
+        offset: u64,
+        timestamp: i64,
+        key: Option<&'a [u8]>,
+        value: &'a [u8],
+        value_is_json: bool,
+        headers: &'a [u8],
+        header_count: u32,
+    ) -> Record<'a> {
+        Record {
+            offset,
+            timestamp,
+            key,
+            value,
+            value_is_json,
+            header_count,
+            headers,
+        }
+    }
+
     pub fn headers(&self) -> HeaderIter<'a> {
         HeaderIter {
             rest: self.headers,

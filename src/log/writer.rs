@@ -337,18 +337,42 @@ impl PartitionWriter {
     /// Flushes, syncs (unless `never`) and moves the recovery checkpoint; releases the lock.
     pub fn close(mut self) -> Result<()> {
         self.flush()?;
-        if self.fsync != FsyncMode::Never {
-            self.sync()?;
-            let cp = Checkpoint {
-                segment: self.seg.base,
-                position: self.seg.len,
-                next_offset: self.next_offset,
-                max_ts: self.seg.max_ts,
-            };
-            let p = self.dir.join(CHECKPOINT_FILE);
-            meta::write_checked(&p, CHECKPOINT_KIND, &cp).map_err(io_err("writing", &p))?;
+        self.checkpoint()
+    }
+
+    /// Syncs and moves the recovery checkpoint to the end of what was written (not under
+    /// `never`: a checkpoint may only cover fsynced data).
+    pub fn checkpoint(&mut self) -> Result<()> {
+        if self.fsync == FsyncMode::Never {
+            return Ok(());
         }
-        Ok(())
+        self.sync()?;
+        let cp = Checkpoint {
+            segment: self.seg.base,
+            position: self.seg.len,
+            next_offset: self.next_offset,
+            max_ts: self.seg.max_ts,
+        };
+        let p = self.dir.join(CHECKPOINT_FILE);
+        meta::write_checked(&p, CHECKPOINT_KIND, &cp).map_err(io_err("writing", &p))
+    }
+
+    /// Background work of a long-lived writer (`logd serve`): rolls an active segment that
+    /// has data and is past the topic's segment age (a quiet topic otherwise never rolls),
+    /// then applies retention. Returns what it did.
+    pub fn maintain(&mut self, now: i64) -> Result<Vec<String>> {
+        self.flush()?;
+        let has_data = self.seg.len > FILE_HEADER_LEN as u64;
+        if has_data && now.saturating_sub(self.seg.created_ms) >= self.cfg.segment_ms as i64 {
+            self.roll(self.next_offset)?;
+            return Ok(std::mem::take(&mut self.recovery));
+        }
+        self.apply_retention(now)
+    }
+
+    /// Takes a changed topic configuration (segment and retention settings) into use.
+    pub fn set_config(&mut self, cfg: &TopicConfig) {
+        self.cfg = cfg.clone();
     }
 }
 

@@ -29,7 +29,30 @@ pub fn write(out: &mut Vec<u8>, topic_json: &[u8], partition: u32, rec: &Record<
     out.extend_from_slice(ib.format(rec.offset).as_bytes());
     out.extend_from_slice(b",\"ts\":");
     out.extend_from_slice(ib.format(rec.timestamp).as_bytes());
-    match rec.key {
+    write_key(out, rec.key);
+    write_value(out, rec.value, rec.value_is_json);
+    write_headers(out, rec.header_count, rec.headers());
+    out.push(b'}');
+}
+
+/// Appends an input envelope (no provenance; no `ts` when `ts` is None, so the log assigns
+/// the append time): what `produce --server` sends for records it has already parsed.
+pub fn write_input(out: &mut Vec<u8>, p: &crate::record::ingest::Prepared<'_>) {
+    // A null ts reads back as absent; write_key and write_value lead with a comma.
+    out.extend_from_slice(b"{\"ts\":");
+    match p.ts {
+        Some(ts) => out.extend_from_slice(itoa::Buffer::new().format(ts).as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    write_key(out, p.key.as_deref());
+    write_value(out, &p.value, p.json);
+    let rec = Record::from_parts(0, 0, None, &[], false, &p.headers, p.header_count);
+    write_headers(out, rec.header_count, rec.headers());
+    out.push(b'}');
+}
+
+fn write_key(out: &mut Vec<u8>, key: Option<&[u8]>) {
+    match key {
         None => out.extend_from_slice(b",\"key\":null"),
         Some(k) => match std::str::from_utf8(k) {
             Ok(s) => {
@@ -43,10 +66,16 @@ pub fn write(out: &mut Vec<u8>, topic_json: &[u8], partition: u32, rec: &Record<
             }
         },
     }
-    write_value(out, rec.value, rec.value_is_json);
-    if rec.header_count > 0 {
+}
+
+fn write_headers<'a>(
+    out: &mut Vec<u8>,
+    count: u32,
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) {
+    if count > 0 {
         out.extend_from_slice(b",\"headers\":[");
-        for (i, (n, v)) in rec.headers().enumerate() {
+        for (i, (n, v)) in headers.enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -58,7 +87,6 @@ pub fn write(out: &mut Vec<u8>, topic_json: &[u8], partition: u32, rec: &Record<
         }
         out.push(b']');
     }
-    out.push(b'}');
 }
 
 fn write_value(out: &mut Vec<u8>, v: &[u8], is_json: bool) {
@@ -96,6 +124,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
 #[derive(Deserialize)]
 struct In<'a> {
     #[serde(default)]
+    partition: Option<u32>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
     key: Option<String>,
     #[serde(default)]
     key_base64: Option<String>,
@@ -114,6 +146,9 @@ struct In<'a> {
 /// An envelope read back from a line, owning its parts where it must.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Parsed<'a> {
+    /// Provenance, when the envelope has it.
+    pub partition: Option<u32>,
+    pub offset: Option<u64>,
     pub ts: Option<&'a str>,
     pub key: Option<Vec<u8>>,
     pub value: std::borrow::Cow<'a, [u8]>,
@@ -156,6 +191,8 @@ pub fn parse(line: &[u8]) -> Result<Parsed<'_>, String> {
     }
     let ts = e.ts.0.map(|r| r.get()).filter(|t| *t != "null");
     Ok(Parsed {
+        partition: e.partition,
+        offset: e.offset,
         ts,
         key,
         value,

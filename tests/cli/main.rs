@@ -8,6 +8,8 @@ mod names;
 mod produce_consume;
 mod recovery;
 mod replay;
+mod serve;
+mod serve_load;
 mod store;
 mod transform;
 mod window;
