@@ -212,7 +212,7 @@ impl Reader<'_> {
                 extra.push(("max", (self.max - self.count).to_string()));
             }
             let path = format!("/topics/{}/records{}", self.a.topic, self.query(&extra));
-            let s = c.retrying("consume", || c.stream(&path))?;
+            let s = c.retrying("reading records", || c.stream(&path))?;
             if let End::Finished = self.drain(s, out, &mut |_| {})? {
                 return Ok(());
             }
@@ -265,7 +265,7 @@ impl Reader<'_> {
             });
             let r = (|| -> Result<()> {
                 loop {
-                    let view = c.retrying("consume", || c.post(&join_path, &[], b""))?;
+                    let view = c.retrying("joining the group", || c.post(&join_path, &[], b""))?;
                     // Offsets of partitions no longer ours are the new owner's business.
                     let mine: Vec<u64> = view["partitions"]
                         .as_array()
@@ -289,10 +289,10 @@ impl Reader<'_> {
                         // Rebalanced or dropped between join and open: join again.
                         Err(Failure::Status(404 | 409, _)) => continue,
                         Err(Failure::Status(st, m)) => {
-                            return Err(client::status_error("consume", st, &m))
+                            return Err(client::status_error("reading records", st, &m))
                         }
                         Err(Failure::Unreachable(_)) => {
-                            c.retrying("consume", || c.get_json("/healthz"))?;
+                            c.retrying("reaching the server", || c.get_json("/healthz"))?;
                             continue;
                         }
                     };

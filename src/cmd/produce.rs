@@ -14,7 +14,7 @@ use crate::log::{FsyncMode, Log, PartitionWriter, TopicConfig};
 use crate::record::ingest::{Format, Ingest, Item, Prepared};
 use crate::record::lines::{LineReader, Next, StdinFile};
 use crate::record::{envelope, time};
-use crate::server::client::{self, status_error, Client, Failure, ServerArgs};
+use crate::server::client::{self, Client, Failure, ServerArgs};
 use clap::{CommandFactory, Parser};
 use std::fs::File;
 use std::io::Read;
@@ -218,7 +218,7 @@ impl Remote {
             ("content-type", "application/x-ndjson".to_string()),
         ];
         let (c, path, body) = (&self.client, &self.path, &self.body);
-        let v = c.retrying("produce", || c.post(path, &headers, body))?;
+        let v = c.retrying("sending records", || c.post(path, &headers, body))?;
         let mut got = Vec::new();
         let mut total = 0;
         for r in v["ranges"].as_array().into_iter().flatten() {
@@ -336,19 +336,12 @@ fn run_remote(a: &Args, ingest: Ingest, on_error: OnError, max: usize) -> Result
         .map(|ms| Duration::from_millis(ms.max(0) as u64))
         .map_err(|e| usage(format!("--server-retry: {e}")))?;
     let tpath = format!("/topics/{}", a.topic);
-    let existing = match client.get_json(&tpath) {
-        Ok(v) => v["partitions"].as_u64().map(|n| n as u32),
-        Err(Failure::Status(404, _)) => None,
-        Err(Failure::Status(s, m)) => return Err(status_error("produce", s, &m)),
-        Err(Failure::Unreachable(m)) => {
-            // Retried like any request: the server may be starting.
-            match client.retrying("produce", || client.get_json(&tpath)) {
-                Ok(v) => v["partitions"].as_u64().map(|n| n as u32),
-                Err(e) if e.to_string().contains("HTTP 404") => None,
-                Err(e) => return Err(setup(format!("{e} ({m})"))),
-            }
-        }
-    };
+    // Retried like any request (the server may be starting); 404 is a topic to create.
+    let existing = client.retrying("looking up the topic", || match client.get_json(&tpath) {
+        Ok(v) => Ok(v["partitions"].as_u64().map(|n| n as u32)),
+        Err(Failure::Status(404, _)) => Ok(None),
+        Err(f) => Err(f),
+    })?;
     let partitions = existing.unwrap_or(a.partitions.unwrap_or(1));
     if let (Some(n), Some(e)) = (a.partitions, existing) {
         if n != e {
