@@ -81,18 +81,6 @@ struct Reader<'x> {
     pb: &'x indicatif::ProgressBar,
 }
 
-/// Partition and offset of an envelope line as the server writes it.
-fn position(line: &[u8], prefix: &[u8]) -> Option<(u32, u64)> {
-    let rest = line.strip_prefix(prefix)?;
-    let digits = |b: &[u8]| b.iter().take_while(|c| c.is_ascii_digit()).count();
-    let n = digits(rest);
-    let p = std::str::from_utf8(&rest[..n]).ok()?.parse().ok()?;
-    let rest = rest[n..].strip_prefix(b",\"offset\":")?;
-    let m = digits(rest);
-    let o = std::str::from_utf8(&rest[..m]).ok()?.parse().ok()?;
-    Some((p, o))
-}
-
 impl Reader<'_> {
     /// Reads one stream to its end; `flushed` is called with the positions that reached
     /// stdout each time stdout is flushed.
@@ -116,7 +104,7 @@ impl Reader<'_> {
             }
             match s.next(&mut line) {
                 Line::Record(l) => {
-                    let Some((p, o)) = position(l, &self.prefix) else {
+                    let Some((p, o, _)) = client::head(l, &self.prefix) else {
                         return Err(Error::Data(format!(
                             "unexpected record line from the server: {}",
                             String::from_utf8_lossy(&l[..l.len().min(200)])

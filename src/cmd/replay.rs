@@ -12,11 +12,15 @@ use crate::log::{Log, PartitionReader};
 use crate::record::fields::{self, FieldPath};
 use crate::record::json::write_str;
 use crate::record::{csvrow, envelope};
+use crate::server::client::ServerArgs;
 use clap::{CommandFactory, Parser};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+#[path = "replay_remote.rs"]
+mod remote;
 
 const ABOUT: &str = "Replay a range of a topic's history, or a recorded dump, to stdout";
 
@@ -48,7 +52,11 @@ it, in name order) reads NDJSON objects (or CSV with a header row, --csv) and wr
 timestamp order by --ts FIELD (ties in file then line order), with the same pacing, without
 producing them into a log first. Lines are written as read; CSV rows become JSON objects (as
 produce --csv reads them). A line that is not an object, or without a readable --ts, is an
-error naming the file and line.";
+error naming the file and line.
+
+From a server: --server URL (with --token-file) replays a topic that `logd serve` holds, with
+the same range, order, pacing and output; a stream the server ends early (a restart) is
+resumed where it stopped.";
 
 const AFTER: &str = "\
 Exit status: 0 success (also when stdout is closed early, as by head); 1 damage found in the
@@ -59,7 +67,8 @@ Examples:
   replay -t telemetry --from @yesterday --to @today | window --tumbling 1h --by vehicle_id | store --table hourly@v2
   replay -t telemetry --order partition --partition 3 --from 1000 --to 2000
   replay --file dump.ndjson --ts ts --speed 60x | window --tumbling 1m --idle-timeout 5s
-  replay --file recordings/ --csv --ts time --rate 500/s";
+  replay --file recordings/ --csv --ts time --rate 500/s
+  replay --server http://logs.local:7070 -t telemetry --from @-1h | transform -f etl.v2.jq";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Order {
@@ -74,6 +83,8 @@ pub enum Order {
 pub struct Args {
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Topic to replay
     #[arg(
         short = 't',
@@ -244,7 +255,11 @@ pub fn run(a: Args) -> Result<()> {
     // The total is known once the ranges are: the bar shows an ETA.
     let mut pb = indicatif::ProgressBar::hidden();
     let r = match &a.topic {
+        Some(t) if a.server.server.is_some() => remote::run(&a, t, &mut pacer, &mut out),
         Some(t) => replay_log(&a, t, &mut pacer, &mut out, &mut pb),
+        None if a.server.server.is_some() => {
+            Err(usage("--server replays a topic (-t), not a --file dump"))
+        }
         None => replay_files(&a, &mut pacer, &mut out, &mut pb),
     };
     pb.finish_and_clear();

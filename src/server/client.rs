@@ -1,5 +1,6 @@
-//! The tools' side of `logd serve` (`produce`/`consume --server URL`): a blocking HTTP client (ureq) with the
-//! bearer token, retries of what is safe to retry, and the record stream reader.
+//! The tools' side of `logd serve` (`produce`, `consume` and `replay --server URL`): a
+//! blocking HTTP client (ureq) with the bearer token, retries of what is safe to retry, and
+//! the record stream reader.
 //!
 //! Retried: connection failures and 503 (the server restarting, or busy), with backoff, for
 //! up to `retry_for`. Produce batches carry `Producer-Id`/`Producer-Seq`, so a retried batch
@@ -277,6 +278,23 @@ impl Stream {
             )),
         }
     }
+}
+
+/// Partition, offset and timestamp of an envelope line as the server writes it
+/// (`prefix` is `{"topic":"T","partition":`), read without parsing the whole line.
+pub fn head(line: &[u8], prefix: &[u8]) -> Option<(u32, u64, i64)> {
+    fn number<T: std::str::FromStr>(b: &[u8]) -> Option<(T, &[u8])> {
+        let n = b
+            .iter()
+            .enumerate()
+            .take_while(|(i, c)| c.is_ascii_digit() || (*i == 0 && **c == b'-'))
+            .count();
+        Some((std::str::from_utf8(&b[..n]).ok()?.parse().ok()?, &b[n..]))
+    }
+    let (p, rest) = number(line.strip_prefix(prefix)?)?;
+    let (o, rest) = number(rest.strip_prefix(b",\"offset\":")?)?;
+    let (ts, _) = number(rest.strip_prefix(b",\"ts\":")?)?;
+    Some((p, o, ts))
 }
 
 /// A member id unique enough across hosts and restarts.

@@ -225,6 +225,117 @@ fn produce_and_consume_through_the_server_match_the_local_tools() {
     env.produce("tel", &[], "{\"x\":1}\n");
 }
 
+/// Out-of-order timestamps across partitions, so time order is a real merge.
+fn shuffled_records(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let jitter = (i * 7919 % 200) as i64 * 100;
+            format!(
+                "{{\"vehicle_id\":\"v{}\",\"ts\":{},\"speed\":{}}}\n",
+                i * 31 % 53,
+                1_795_000_000_000i64 + i as i64 * 1000 - jitter,
+                i % 120
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn replay_through_the_server_matches_local_replay_and_survives_a_restart() {
+    let env = Env::new();
+    let srv = Server::start(&env.log(), &[]);
+    let produce = [
+        "-t",
+        "tel",
+        "--partitions",
+        "4",
+        "--key",
+        "vehicle_id",
+        "--ts",
+        "ts",
+        "-q",
+    ];
+    ok(
+        remote("produce", &srv.url, &produce),
+        shuffled_records(3000).as_bytes(),
+    );
+    // A group with committed offsets, for --from-committed.
+    let got = ok(
+        remote(
+            "consume",
+            &srv.url,
+            &["-t", "tel", "--group", "g", "--max", "700"],
+        ),
+        b"",
+    );
+    assert_eq!(got.lines().count(), 700);
+    let t0 = 1_795_000_000_000i64;
+    let (t1, t2) = (format!("@{}", t0 + 500_000), format!("@{}", t0 + 1_500_000));
+    for args in [
+        vec![],
+        vec!["--order", "partition"],
+        vec!["--partition", "2", "--from", "5", "--to", "40", "--value"],
+        vec!["--from", &t1, "--to", &t2],
+        vec![
+            "--from",
+            &t1,
+            "--order",
+            "partition",
+            "--partition",
+            "1",
+            "--partition",
+            "3",
+        ],
+        vec!["--group", "g", "--from-committed"],
+        vec!["--group", "unknown", "--from-committed", "--to", "100"],
+        vec!["--speed", "1000000x", "--from", &t2],
+    ] {
+        let mut full = vec!["-t", "tel"];
+        full.extend_from_slice(&args);
+        let local = env.ok("replay", &full, b"");
+        assert!(!local.is_empty(), "{args:?}");
+        assert_eq!(
+            ok(remote("replay", &srv.url, &full), b""),
+            local,
+            "replay {args:?}"
+        );
+    }
+    // The same errors as locally.
+    let o = run_with_stdin(
+        remote("replay", &srv.url, &["-t", "tel", "--partition", "4"]),
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("partitions 0 to 3"));
+    let o = run_with_stdin(remote("replay", &srv.url, &["-t", "nope"]), b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no topic \"nope\""));
+    // A paced replay across a server kill and restart: the streams resume where they
+    // stopped, and records appended meanwhile are past the range fixed at the start.
+    let expected = env.ok("replay", &["-t", "tel"], b"");
+    let mut child = remote("replay", &srv.url, &["-t", "tel", "--rate", "3000/s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).map(|_| s)
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let addr = srv.addr().to_string();
+    srv.signal("-KILL");
+    drop(srv);
+    let srv = restart_on(&env.log(), &addr);
+    ok(
+        remote("produce", &srv.url, &produce),
+        shuffled_records(50).as_bytes(),
+    );
+    assert!(child.wait().unwrap().success());
+    assert_eq!(reader.join().unwrap().unwrap(), expected);
+    assert_eq!(srv.stop(), Some(0));
+}
+
 #[test]
 fn produce_over_http_formats_errors_and_acknowledged_ranges() {
     let env = Env::new();
