@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod error;
+pub mod kafka;
 pub mod log;
 pub mod record;
 pub mod server;

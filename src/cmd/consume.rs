@@ -20,6 +20,9 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "kafka")]
+#[path = "consume_kafka.rs"]
+mod broker;
 #[path = "consume_remote.rs"]
 mod remote;
 
@@ -78,6 +81,8 @@ pub struct Args {
     pub log: LogArgs,
     #[command(flatten)]
     pub server: ServerArgs,
+    #[command(flatten)]
+    pub broker: crate::kafka::BrokerArgs,
     /// With --server --group: the member is dropped after this long without a heartbeat
     #[arg(
         long,
@@ -259,6 +264,11 @@ pub fn run(a: Args) -> Result<()> {
     if a.server.server.is_some() {
         return remote::run(a);
     }
+    #[cfg(feature = "kafka")]
+    if let Some(cluster) = crate::kafka::Cluster::from_args(&a.broker)? {
+        return broker::run(a, cluster);
+    }
+    crate::kafka::Cluster::from_args(&a.broker)?;
     let log = Log::new(a.log.dir());
     let cfg = log.topic_config(&a.topic)?;
     if let Some(p) = a.partition {

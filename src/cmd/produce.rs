@@ -92,6 +92,8 @@ pub struct Args {
     pub log: LogArgs,
     #[command(flatten)]
     pub server: ServerArgs,
+    #[command(flatten)]
+    pub broker: crate::kafka::BrokerArgs,
     /// Topic to append to
     #[arg(short = 't', long, value_name = "TOPIC")]
     pub topic: String,
@@ -177,8 +179,37 @@ struct Producer {
     last_sync: Instant,
     pb: indicatif::ProgressBar,
     quiet: bool,
-    /// --server: records go to `logd serve` instead of local writers.
-    remote: Option<Remote>,
+    /// --server or --broker: records go there instead of to local writers.
+    remote: Option<Away>,
+    /// The input line of the record being appended (for Kafka's delivery reports).
+    line: u64,
+}
+
+/// Where records go when not to a local log: batched, and acknowledged over there.
+enum Away {
+    Server(Remote),
+    #[cfg(feature = "kafka")]
+    Kafka(crate::kafka::produce::Sink),
+}
+
+impl Away {
+    /// Queues a record; true when a batch is full and should be sent now.
+    fn add(&mut self, p: &Prepared<'_>, line: u64) -> Result<bool> {
+        match self {
+            Away::Server(r) => Ok(r.add(p)),
+            #[cfg(feature = "kafka")]
+            Away::Kafka(k) => k.add(p, line).map(|_| false),
+        }
+    }
+
+    /// Sends what is queued and waits for it to be acknowledged: (partition, count).
+    fn send(&mut self) -> Result<Vec<(u32, u64)>> {
+        match self {
+            Away::Server(r) => r.send(),
+            #[cfg(feature = "kafka")]
+            Away::Kafka(k) => k.send(),
+        }
+    }
 }
 
 /// A batch is sent at this many records or bytes, or as soon as the input stalls.
@@ -266,6 +297,11 @@ pub fn run(a: Args) -> Result<()> {
     if a.server.server.is_some() {
         return run_remote(&a, ingest, on_error, max_record as usize);
     }
+    #[cfg(feature = "kafka")]
+    if let Some(cluster) = crate::kafka::Cluster::from_args(&a.broker)? {
+        return run_kafka(&a, &cluster, ingest, on_error, max_record as usize);
+    }
+    crate::kafka::Cluster::from_args(&a.broker)?;
     let log = Log::new(a.log.dir());
     crate::server::owner::refuse_if_served(log.root(), "produce")?;
     let topic = a.topic.clone();
@@ -325,6 +361,7 @@ pub fn run(a: Args) -> Result<()> {
         pb: progress::records_spinner(show, "produce"),
         quiet: a.quiet,
         remote: None,
+        line: 0,
     };
     pr.run(&a, max_record as usize)
 }
@@ -383,14 +420,47 @@ fn run_remote(a: &Args, ingest: Ingest, on_error: OnError, max: usize) -> Result
         last_sync: Instant::now(),
         pb: progress::records_spinner(a.progress.wanted(), "produce"),
         quiet: a.quiet,
-        remote: Some(Remote {
+        remote: Some(Away::Server(Remote {
             client,
             path,
             producer: client::member_id("produce"),
             seq: 0,
             body: Vec::with_capacity(REMOTE_BATCH_BYTES + (64 << 10)),
             pending: 0,
-        }),
+        })),
+        line: 0,
+    };
+    pr.run(a, max)
+}
+
+#[cfg(feature = "kafka")]
+fn run_kafka(
+    a: &Args,
+    cluster: &crate::kafka::Cluster,
+    ingest: Ingest,
+    on_error: OnError,
+    max: usize,
+) -> Result<()> {
+    crate::log::names::validate("topic", &a.topic)?;
+    let sink = crate::kafka::produce::Sink::open(cluster, &a.topic, a.partitions, a.partition)?;
+    let partitions = sink.partitions();
+    let mut pr = Producer {
+        topic: a.topic.clone(),
+        ingest,
+        partitions,
+        forced: a.partition,
+        writers: Vec::new(),
+        sticky: 0,
+        fsync: a.fsync,
+        bad: BadRecords::new("produce", on_error)?,
+        counts: vec![0; partitions as usize],
+        records: 0,
+        bytes: 0,
+        last_sync: Instant::now(),
+        pb: progress::records_spinner(a.progress.wanted(), "produce"),
+        quiet: a.quiet,
+        remote: Some(Away::Kafka(sink)),
+        line: 0,
     };
     pr.run(a, max)
 }
@@ -446,7 +516,10 @@ impl Producer {
                     self.on_idle(&lr)?;
                 }
                 Next::Line(line) => match self.ingest.line(line.no, line.bytes, line.oversize) {
-                    Item::Record(p) => self.append(p)?,
+                    Item::Record(p) => {
+                        self.line = line.no;
+                        self.append(p)?
+                    }
                     Item::Bad(no, msg, bytes) => self.bad.handle(&label, no, &msg, &bytes, None)?,
                     Item::Nothing => {}
                 },
@@ -497,7 +570,7 @@ impl Producer {
 
     fn append(&mut self, p: Prepared<'_>) -> Result<()> {
         if let Some(r) = self.remote.as_mut() {
-            let full = r.add(&p);
+            let full = r.add(&p, self.line)?;
             self.records += 1;
             self.bytes += p.value.len() as u64;
             if self.records % 4096 == 0 {

@@ -2,6 +2,8 @@
 
 mod common;
 mod fixtures;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod logd;
 mod man;
 mod names;

@@ -1,0 +1,380 @@
+//! `--broker` and `logd mirror` against a real Kafka-protocol broker on loopback (tansu, one
+//! per test, in memory), with kafka-python as an independent client. `.ci/run` installs both;
+//! elsewhere set KAPPA_TANSU to the broker binary.
+
+use crate::common::{bin, run_with_stdin, Env};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Broker {
+    child: Child,
+    pub port: u16,
+}
+
+fn tansu() -> PathBuf {
+    if let Some(p) = std::env::var_os("KAPPA_TANSU") {
+        return PathBuf::from(p);
+    }
+    let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default())
+        .join(".cache/kappa/tansu/bin/tansu");
+    if cached.exists() {
+        return cached;
+    }
+    panic!(
+        "no Kafka broker for the tests: run .ci/run (it installs tansu) or set KAPPA_TANSU to a tansu binary"
+    );
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("kafka://127.0.0.1:{}", self.port)
+    }
+
+    pub fn hostport(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tool against the broker.
+fn tool(name: &str, b: &Broker, args: &[&str]) -> Command {
+    let mut c = Command::new(bin(name));
+    c.args(["--broker", &b.url()]).args(args);
+    c.env_remove("KAPPA_LOG");
+    c
+}
+
+fn ok(c: Command, stdin: &[u8]) -> String {
+    let o = run_with_stdin(c, stdin);
+    assert!(
+        o.status.success(),
+        "failed with {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).expect("utf-8")
+}
+
+/// Readings with keys, out-of-order timestamps, and a header-free JSON value.
+fn readings(n: usize, from: usize) -> String {
+    (from..from + n)
+        .map(|i| {
+            format!(
+                "{{\"vehicle_id\":\"truck-{:03}\",\"ts\":{},\"speed\":{}}}\n",
+                i * 31 % 97,
+                1_795_000_000_000i64 + i as i64 * 1000 - (i * 7919 % 50) as i64 * 100,
+                i % 120
+            )
+        })
+        .collect()
+}
+
+const PRODUCE: [&str; 8] = [
+    "-t",
+    "tel",
+    "--partitions",
+    "4",
+    "--key",
+    "vehicle_id",
+    "--ts",
+    "ts",
+];
+
+fn python(script: &str, args: &[&str]) -> String {
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "kafka-python script failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn produce_and_consume_on_kafka_match_the_local_log() {
+    let b = Broker::start();
+    let env = Env::new();
+    let input = readings(3000, 0);
+    let mut args = PRODUCE.to_vec();
+    args.push("-q");
+    ok(tool("produce", &b, &args), input.as_bytes());
+    env.produce("tel", &PRODUCE[2..], &input);
+    // Same partitions, offsets, keys, timestamps and values: the same bytes.
+    assert_eq!(
+        ok(tool("consume", &b, &["-t", "tel"]), b""),
+        env.consume("tel", &[])
+    );
+    let t1 = "@1795000500000";
+    let t2 = "@1795002000000";
+    for args in [
+        vec!["--value"],
+        vec!["--partition", "2", "--from", "5", "--max", "7"],
+        vec!["--from", "100", "--to", "700", "--format", "%p/%o %k %T\\n"],
+        vec!["--from", t1, "--to", t2],
+        vec![
+            "--csv",
+            "--columns",
+            "vehicle_id,speed,@partition,@offset,@time",
+        ],
+    ] {
+        let mut full = vec!["-t", "tel"];
+        full.extend_from_slice(&args);
+        assert_eq!(
+            ok(tool("consume", &b, &full), b""),
+            env.consume("tel", &args),
+            "consume {args:?}"
+        );
+    }
+    // An existing topic keeps its partition count.
+    let o = run_with_stdin(
+        tool("produce", &b, &["-t", "tel", "--partitions", "8"]),
+        b"{}\n",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has 4 partitions"));
+    // Bad input is handled as locally: the line is named, the records before it are kept.
+    let o = run_with_stdin(
+        tool("produce", &b, &["-t", "bad", "--partitions", "1"]),
+        b"{\"a\":1}\nnot json\n{\"a\":3}\n",
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("line 2"));
+    assert_eq!(
+        ok(tool("consume", &b, &["-t", "bad", "--value"]), b""),
+        "{\"a\":1}\n"
+    );
+}
+
+const PY_PRODUCE: &str = r#"
+import sys, json
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+bs = sys.argv[1]
+KafkaAdminClient(bootstrap_servers=bs).create_topics([NewTopic('py', 4, 1)])
+p = KafkaProducer(bootstrap_servers=bs)
+for i in range(500):
+    key = ('meter-%d' % (i % 41)).encode()
+    p.send('py', key=key, value=json.dumps({'i': i}).encode(), timestamp_ms=1795000000000 + i,
+           headers=[('src', b'py')])
+p.flush()
+"#;
+
+const PY_CONSUME: &str = r#"
+import sys
+from kafka import KafkaConsumer, TopicPartition
+c = KafkaConsumer(bootstrap_servers=sys.argv[1], consumer_timeout_ms=5000)
+tps = [TopicPartition(sys.argv[2], p) for p in range(4)]
+c.assign(tps)
+c.seek_to_beginning()
+for m in c:
+    print('%d %s %d %s' % (m.partition, m.key.decode(), m.timestamp, m.value.decode()))
+"#;
+
+#[test]
+fn kafka_python_and_kappa_read_what_the_other_wrote() {
+    let b = Broker::start();
+    // kafka-python's default partitioner (Kafka's murmur2) agrees with kappa's.
+    python(PY_PRODUCE, &[&b.hostport()]);
+    let got = ok(
+        tool(
+            "consume",
+            &b,
+            &["-t", "py", "--format", "%p %k %T %s %h\\n"],
+        ),
+        b"",
+    );
+    assert_eq!(got.lines().count(), 500);
+    let env = Env::new();
+    let keyed: String = (0..500)
+        .map(|i| format!("{{\"k\":\"meter-{}\",\"i\":{i}}}\n", i % 41))
+        .collect();
+    env.produce("local", &["--partitions", "4", "--key", "k"], &keyed);
+    let local_parts: BTreeMap<String, String> = env
+        .consume("local", &["--format", "%k %p\\n"])
+        .lines()
+        .map(|l| {
+            let (k, p) = l.split_once(' ').unwrap();
+            (k.to_string(), p.to_string())
+        })
+        .collect();
+    for line in got.lines() {
+        let mut f = line.split(' ');
+        let (p, k, ts) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        assert_eq!(local_parts[k], p, "{line}");
+        assert!(ts.parse::<i64>().unwrap() >= 1_795_000_000_000, "{line}");
+        assert!(line.contains("src"), "headers kept: {line}");
+    }
+    // And the other way.
+    let mut args = PRODUCE.to_vec();
+    args.push("-q");
+    ok(tool("produce", &b, &args), readings(800, 0).as_bytes());
+    let seen = python(PY_CONSUME, &[&b.hostport(), "tel"]);
+    assert_eq!(seen.lines().count(), 800);
+    let env2 = Env::new();
+    env2.produce("tel", &PRODUCE[2..], &readings(800, 0));
+    let mut want: Vec<String> = env2
+        .consume("tel", &["--format", "%p %k %T %s\\n"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let mut seen: Vec<String> = seen.lines().map(str::to_string).collect();
+    want.sort();
+    seen.sort();
+    assert_eq!(seen, want);
+}
+
+/// A `consume --broker --group G --follow` member writing `%p %o` lines.
+struct Member {
+    child: Child,
+    out: std::thread::JoinHandle<String>,
+}
+
+impl Member {
+    fn start(b: &Broker) -> Member {
+        let mut child = tool(
+            "consume",
+            b,
+            &[
+                "-t", "tel", "--group", "g", "--follow", "--format", "%p %o\\n",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let mut so = child.stdout.take().unwrap();
+        let out = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = so.read_to_string(&mut s);
+            s
+        });
+        Member { child, out }
+    }
+
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        assert!(self.child.wait().unwrap().success());
+        self.out.join().unwrap()
+    }
+}
+
+#[test]
+fn a_kafka_consumer_group_shares_partitions_and_a_joining_member_skips_nothing() {
+    let b = Broker::start();
+    let mut args = PRODUCE.to_vec();
+    args.push("-q");
+    ok(tool("produce", &b, &args), readings(2000, 0).as_bytes());
+    let m1 = Member::start(&b);
+    let m2 = Member::start(&b);
+    std::thread::sleep(Duration::from_secs(6));
+    let m3 = Member::start(&b);
+    std::thread::sleep(Duration::from_secs(4));
+    ok(tool("produce", &b, &args), readings(2000, 2000).as_bytes());
+    std::thread::sleep(Duration::from_secs(6));
+    let outs = [m1.stop(), m2.stop(), m3.stop()];
+    let mut seen = BTreeSet::new();
+    for o in &outs {
+        for l in o.lines() {
+            seen.insert(l.to_string());
+        }
+    }
+    // Every record reached some member (repeats across a rebalance are allowed).
+    let env = Env::new();
+    env.produce("tel", &PRODUCE[2..], &readings(4000, 0));
+    let want: BTreeSet<String> = env
+        .consume("tel", &["--format", "%p %o\\n"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let missing: Vec<&String> = want.difference(&seen).take(5).collect();
+    assert!(missing.is_empty(), "not delivered: {missing:?}");
+    // The partitions were shared: more than one member got records.
+    assert!(
+        outs.iter().filter(|o| !o.is_empty()).count() >= 2,
+        "{outs:?}"
+    );
+    // All was committed: a new member of the group has nothing left to read.
+    let rest = ok(tool("consume", &b, &["-t", "tel", "--group", "g"]), b"");
+    assert_eq!(rest, "");
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error_in_bounded_time() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("kafka://127.0.0.1:{port}");
+    for (t, args) in [
+        ("produce", vec!["-t", "x"]),
+        ("consume", vec!["-t", "x"]),
+        ("consume", vec!["-t", "x", "--group", "g"]),
+    ] {
+        let started = Instant::now();
+        let mut c = Command::new(bin(t));
+        c.args(["--broker", &url, "--broker-timeout", "2s"])
+            .args(&args);
+        let o = run_with_stdin(c, b"{}\n");
+        assert_eq!(o.status.code(), Some(2), "{t} {args:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{t} took {:?}",
+            started.elapsed()
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("unreachable") && err.contains(&url), "{err}");
+    }
+    let o = run_with_stdin(
+        {
+            let mut c = Command::new(bin("consume"));
+            c.args(["--broker", "localhost:9092", "-t", "x"]);
+            c
+        },
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("kafka://"));
+}
