@@ -23,7 +23,9 @@ Examples:
   logd topics create telemetry --partitions 4 --retention-age 30d
   logd topics describe telemetry
   logd groups reset dash -t telemetry --to @yesterday
-  logd verify && echo clean";
+  logd verify && echo clean
+  logd --log /var/lib/kappa mirror -t telemetry --to kafka://k1:9092,k2:9092 --follow
+  logd mirror --from kafka://prod:9092 -t telemetry --to ./dump-log";
 
 #[derive(Parser, Debug)]
 #[command(name = "logd", version, about = ABOUT, after_long_help = AFTER)]
@@ -40,6 +42,19 @@ pub fn command() -> clap::Command {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Copy a topic between a log directory and Kafka, resumably
+    #[command(
+        long_about = "Copy a topic from a log directory to a Kafka cluster (--from DIR --to kafka://...) \
+or back (--from kafka://... --to DIR), partition by partition: the same partition numbers, keys, \
+timestamps, headers and values. The destination topic is created with the source's partition \
+count; an existing one must have it. A checkpoint in the log directory (mirror/) pairs local and \
+Kafka offsets; a mirror killed at any moment and started again copies on with no gap and no \
+duplicate, as long as it is the only writer of the destination. Without --follow it copies what \
+the source holds when it starts and exits; with --follow it keeps copying until SIGINT/SIGTERM.\n\n\
+Exit status: 0 done; 1 a record Kafka did not acknowledge, damage in the log; 2 bad flags, no such \
+topic, a partition count that differs, an unreachable broker."
+    )]
+    Mirror(MirrorArgs),
     /// Create, list, describe, alter and delete topics
     #[command(subcommand)]
     Topics(TopicsCmd),
@@ -300,7 +315,63 @@ pub fn run(a: Args) -> Result<()> {
             w.apply_retention(time::now_ms())
         }),
         Cmd::Serve(s) => serve(&a.log, s),
+        Cmd::Mirror(m) => mirror(&a.log, m),
     }
+}
+
+#[cfg(feature = "kafka")]
+fn mirror(log: &LogArgs, m: MirrorArgs) -> Result<()> {
+    let timeout = time::parse_duration_ms(&m.broker_timeout)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| {
+            usage(format!(
+                "--broker-timeout {:?}: expected a duration",
+                m.broker_timeout
+            ))
+        })?;
+    crate::kafka::mirror::run(
+        &log.dir(),
+        m.from.as_deref(),
+        m.to.as_deref(),
+        &m.topic,
+        m.to_topic.as_deref(),
+        m.follow,
+        std::time::Duration::from_millis(timeout as u64),
+        m.quiet,
+    )
+}
+
+#[cfg(not(feature = "kafka"))]
+fn mirror(_: &LogArgs, _: MirrorArgs) -> Result<()> {
+    Err(usage(
+        "logd mirror: this build has no Kafka support (build with the cargo feature kafka)",
+    ))
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct MirrorArgs {
+    /// Source: a log directory (default: --log) or kafka://HOST:PORT[,HOST:PORT]
+    #[arg(long, value_name = "DIR|URL")]
+    from: Option<String>,
+    /// Destination: kafka://HOST:PORT[,HOST:PORT] or a log directory (default: --log)
+    #[arg(long, value_name = "URL|DIR")]
+    to: Option<String>,
+    /// Topic to copy
+    #[arg(short = 't', long, value_name = "TOPIC")]
+    topic: String,
+    /// Name of the copy [default: the same]
+    #[arg(long, value_name = "TOPIC")]
+    to_topic: Option<String>,
+    /// Keep copying new records until SIGINT/SIGTERM
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// How long an unreachable or unanswering broker is waited for before failing
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    broker_timeout: String,
+    /// No summary on stderr
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 fn serve(log: &LogArgs, s: ServeArgs) -> Result<()> {

@@ -1,1 +1,520 @@
-//! placeholder
+//! `logd mirror`: a topic copied between a log directory and Kafka, partition by partition
+//! (same partition numbers, keys, timestamps, headers and values), resumable without a gap
+//! or a duplicate.
+//!
+//! Each direction keeps a checkpoint in the log directory (`mirror/NAME.json`, written
+//! atomically with its checksum): per partition, a pair of positions that correspond, the
+//! next local offset and the next Kafka offset. Records copied after the checkpoint are not
+//! trusted to be known: on restart they are counted where they landed (read back from Kafka
+//! to its end, or the local log's end offset), and that many records of the source are
+//! skipped. So a mirror killed at any moment, even between a write and its checkpoint,
+//! restarts with no gap and no duplicate, provided it is the only writer of the destination
+//! partitions. Records land in order (the idempotent producer keeps a partition's order), so
+//! a count is a position.
+
+use super::read::{self, Polled, Positions, Verdict};
+use super::Cluster;
+use crate::cli::{self, signals};
+use crate::error::{setup, usage, Error, Result};
+use crate::log::format::RecordRef;
+use crate::log::{meta, names, FsyncMode, Log, PartitionReader, PartitionWriter, TopicConfig};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const CHECKPOINT_KIND: &str = "kappa-mirror";
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+const POLL: Duration = Duration::from_millis(100);
+
+/// Corresponding positions of one partition: the next local offset and the next Kafka offset.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pair {
+    pub local: u64,
+    pub kafka: u64,
+}
+
+#[derive(Serialize, Deserialize, Default, Debug)]
+struct Checkpoint {
+    source: String,
+    destination: String,
+    partitions: BTreeMap<u32, Pair>,
+}
+
+pub struct Job<'a> {
+    pub dir: &'a Path,
+    pub cluster: &'a Cluster,
+    pub topic: &'a str,
+    pub to_topic: &'a str,
+    pub follow: bool,
+    pub quiet: bool,
+}
+
+fn checkpoint_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("mirror").join(format!("{name}.json"))
+}
+
+fn load(path: &Path) -> Result<Checkpoint> {
+    meta::read_checked::<Checkpoint>(path, CHECKPOINT_KIND)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| Error::Data(format!("{}: {e}", path.display())))
+}
+
+fn save(path: &Path, c: &Checkpoint) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(Error::io_with(|| d.display().to_string()))?;
+    }
+    meta::write_checked(path, CHECKPOINT_KIND, c)
+        .map_err(Error::io_with(|| path.display().to_string()))
+}
+
+/// Reads Kafka partition `p` from `from` to its end: (records found, next offset after the
+/// last one, or `from` when none).
+fn count_to_end(cluster: &Cluster, topic: &str, p: u32, from: u64) -> Result<(u64, u64)> {
+    let c = read::consumer(cluster)?;
+    let (lo, _) = read::watermarks(cluster, &c, topic, p)?;
+    let from = from.max(lo);
+    read::assign(&c, topic, &[(p, from)])?;
+    let mut pos = Positions::default();
+    pos.start(p, from, lo);
+    let mut n = 0;
+    loop {
+        match read::poll(&c, POLL)? {
+            Polled::Message(m) => {
+                let o = m.offset().max(0) as u64;
+                if pos.on_record(cluster, &c, topic, p, o)? == Verdict::Deliver {
+                    n += 1;
+                }
+            }
+            Polled::Eof(q) if q == p => {
+                if pos.on_eof(cluster, &c, topic, p)? {
+                    return Ok((n, pos.next(p).unwrap_or(from)));
+                }
+            }
+            Polled::Eof(_) => {}
+            Polled::Nothing => pos.tick(cluster, &c, topic)?,
+        }
+    }
+}
+
+struct Reports {
+    /// Per partition: (next local offset, next Kafka offset) of the last delivered record.
+    delivered: BTreeMap<u32, Pair>,
+    failed: Option<String>,
+}
+
+struct Ctx {
+    reports: Mutex<Reports>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ProducerContext for Ctx {
+    /// The record's local offset.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, r: &DeliveryResult<'_>, local: usize) {
+        let mut rep = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(m) => {
+                let pair = Pair {
+                    local: local as u64 + 1,
+                    kafka: m.offset().max(0) as u64 + 1,
+                };
+                rep.delivered.insert(m.partition().max(0) as u32, pair);
+            }
+            Err((e, m)) => {
+                rep.failed.get_or_insert(format!(
+                    "partition {} offset {local}: not acknowledged by Kafka: {e}",
+                    m.partition()
+                ));
+            }
+        }
+    }
+}
+
+/// Local topic → Kafka.
+pub fn to_kafka(j: &Job<'_>) -> Result<()> {
+    let log = Log::new(j.dir);
+    let cfg = log.topic_config(j.topic)?;
+    let n = cfg.partitions;
+    let producer: BaseProducer<Ctx> = j
+        .cluster
+        .config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("batch.size", "1000000")
+        .set("compression.type", "none")
+        .set("queue.buffering.max.messages", "500000")
+        .create_with_context(Ctx {
+            reports: Mutex::new(Reports {
+                delivered: BTreeMap::new(),
+                failed: None,
+            }),
+        })
+        .map_err(|e| setup(format!("Kafka producer: {e}")))?;
+    match j.cluster.partitions(producer.client(), j.to_topic)? {
+        None => j.cluster.create_topic(j.to_topic, n)?,
+        Some(k) if k != n => {
+            return Err(setup(format!(
+                "Kafka topic {:?} has {k} partitions and {:?} has {n}: a mirror keeps partition numbers",
+                j.to_topic, j.topic
+            )))
+        }
+        Some(_) => {}
+    }
+    let path = checkpoint_path(j.dir, &format!("{}.to-kafka.{}", j.topic, j.to_topic));
+    let mut ck = load(&path)?;
+    ck.source = j.topic.to_string();
+    ck.destination = format!("{}/{}", j.cluster.url, j.to_topic);
+    // Where each partition resumes: past what landed since the checkpoint.
+    let mut readers = Vec::new();
+    for p in 0..n {
+        let mut r = PartitionReader::open(&log.partition_dir(j.topic, p)?)?;
+        let pair = match ck.partitions.get(&p) {
+            Some(pair) => *pair,
+            None => Pair {
+                local: r.earliest(),
+                kafka: 0,
+            },
+        };
+        let (landed, kafka_end) = count_to_end(j.cluster, j.to_topic, p, pair.kafka)?;
+        r.seek(pair.local)?;
+        let mut skip = landed;
+        let mut next_local = r.position();
+        while skip > 0 {
+            let Some(f) = r.next_frame()? else { break };
+            for rec in f.records() {
+                if skip == 0 {
+                    break;
+                }
+                skip -= 1;
+                next_local = rec.offset + 1;
+            }
+        }
+        if skip > 0 {
+            return Err(Error::Data(format!(
+                "partition {p}: Kafka holds {landed} records past the checkpoint, more than the local log has: another writer? ({})",
+                path.display()
+            )));
+        }
+        r.seek(next_local)?;
+        let end = r.end_offset()?;
+        ck.partitions.insert(
+            p,
+            Pair {
+                local: next_local,
+                kafka: kafka_end,
+            },
+        );
+        readers.push((p, r, end));
+    }
+    save(&path, &ck)?;
+    if j.follow {
+        signals::install_stop_handler();
+    }
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut last_ck = Instant::now();
+    let checkpoint =
+        |ck: &mut Checkpoint, producer: &BaseProducer<Ctx>, wait: bool| -> Result<()> {
+            if wait {
+                producer.flush(Duration::from_secs(65)).map_err(|e| {
+                    Error::Data(format!("waiting for Kafka's acknowledgements: {e}"))
+                })?;
+            } else {
+                producer.poll(Duration::ZERO);
+            }
+            let rep = producer
+                .context()
+                .reports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(f) = &rep.failed {
+                return Err(Error::Data(f.clone()));
+            }
+            let mut changed = false;
+            for (p, pair) in &rep.delivered {
+                if ck.partitions.get(p) != Some(pair) {
+                    ck.partitions.insert(*p, *pair);
+                    changed = true;
+                }
+            }
+            drop(rep);
+            if changed {
+                save(&path, ck)?;
+            }
+            Ok(())
+        };
+    loop {
+        let mut progressed = false;
+        for (p, r, end) in readers.iter_mut() {
+            loop {
+                if !j.follow && r.position() >= *end {
+                    break;
+                }
+                let Some(f) = r.next_frame()? else { break };
+                progressed = true;
+                for rec in f.records() {
+                    if !j.follow && rec.offset >= *end {
+                        break;
+                    }
+                    let headers = super::client::to_kafka_headers(&rec);
+                    let mut br: BaseRecord<'_, [u8], [u8], usize> =
+                        BaseRecord::with_opaque_to(j.to_topic, rec.offset as usize)
+                            .partition(*p as i32)
+                            .payload(rec.value)
+                            .timestamp(rec.timestamp);
+                    if let Some(k) = rec.key {
+                        br = br.key(k);
+                    }
+                    if let Some(h) = headers {
+                        br = br.headers(h);
+                    }
+                    loop {
+                        match producer.send(br) {
+                            Ok(()) => break,
+                            Err((
+                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                back,
+                            )) => {
+                                br = back;
+                                producer.poll(Duration::from_millis(10));
+                            }
+                            Err((e, _)) => {
+                                return Err(Error::Data(format!(
+                                    "partition {p} offset {}: not sent to Kafka: {e}",
+                                    rec.offset
+                                )))
+                            }
+                        }
+                    }
+                    sent += 1;
+                }
+                if last_ck.elapsed() >= CHECKPOINT_EVERY {
+                    checkpoint(&mut ck, &producer, false)?;
+                    last_ck = Instant::now();
+                }
+            }
+        }
+        if !j.follow || signals::stop_requested() {
+            break;
+        }
+        if !progressed {
+            checkpoint(&mut ck, &producer, true)?;
+            std::thread::sleep(POLL);
+        }
+    }
+    checkpoint(&mut ck, &producer, true)?;
+    summary(
+        j,
+        sent,
+        started,
+        "to",
+        &format!("{}/{}", j.cluster.url, j.to_topic),
+    );
+    Ok(())
+}
+
+fn summary(j: &Job<'_>, n: u64, started: Instant, dir: &str, dest: &str) {
+    cli::note(
+        j.quiet,
+        "logd mirror",
+        &format!(
+            "{n} records of {} copied {dir} {dest} in {:.2} s",
+            j.topic,
+            started.elapsed().as_secs_f64()
+        ),
+    );
+}
+
+/// Kafka topic → local topic.
+pub fn from_kafka(j: &Job<'_>) -> Result<()> {
+    let log = Log::new(j.dir);
+    crate::server::owner::refuse_if_served(log.root(), "logd mirror")?;
+    let c = read::consumer(j.cluster)?;
+    let n = j
+        .cluster
+        .partitions(c.client(), j.topic)?
+        .ok_or_else(|| setup(format!("no topic {:?} at {}", j.topic, j.cluster.url)))?;
+    if !log.topic_exists(j.to_topic)? {
+        log.create_topic(j.to_topic, &TopicConfig::new(n))?;
+    }
+    let cfg = log.topic_config(j.to_topic)?;
+    if cfg.partitions != n {
+        return Err(setup(format!(
+            "local topic {:?} has {} partitions and Kafka's {:?} has {n}: a mirror keeps partition numbers",
+            j.to_topic, cfg.partitions, j.topic
+        )));
+    }
+    let path = checkpoint_path(j.dir, &format!("{}.from-kafka.{}", j.to_topic, j.topic));
+    let mut ck = load(&path)?;
+    ck.source = format!("{}/{}", j.cluster.url, j.topic);
+    ck.destination = j.to_topic.to_string();
+    let mut writers = Vec::new();
+    let mut pos = Positions::default();
+    let mut skip = BTreeMap::new();
+    let mut assign = Vec::new();
+    for p in 0..n {
+        let w = PartitionWriter::open(
+            &log.partition_dir(j.to_topic, p)?,
+            &cfg,
+            FsyncMode::Batch,
+            false,
+        )?;
+        for note in &w.recovery {
+            cli::note(j.quiet, "logd mirror", &format!("partition {p}: {note}"));
+        }
+        let end = w.next_offset();
+        let (lo, _) = read::watermarks(j.cluster, &c, j.topic, p)?;
+        let pair = ck.partitions.get(&p).copied().unwrap_or(Pair {
+            local: end,
+            kafka: lo,
+        });
+        // Appended here after the checkpoint: that many Kafka records are already copied.
+        skip.insert(p, end.saturating_sub(pair.local));
+        ck.partitions.insert(p, pair);
+        pos.start(p, pair.kafka, lo);
+        assign.push((p, pair.kafka.max(lo)));
+        writers.push(w);
+    }
+    // The starting pairs are on disk before the first record is copied, so a kill before the
+    // first periodic checkpoint is resumed like any other.
+    save(&path, &ck)?;
+    read::assign(&c, j.topic, &assign)?;
+    if j.follow {
+        signals::install_stop_handler();
+    }
+    let started = Instant::now();
+    let mut copied = 0u64;
+    let mut at_end = std::collections::BTreeSet::new();
+    let mut last_ck = Instant::now();
+    let mut headers = Vec::new();
+    // The checkpoint follows the data: written after the records it covers are fsynced.
+    let sync_and_save =
+        |writers: &mut Vec<PartitionWriter>, ck: &mut Checkpoint, pos: &Positions| -> Result<()> {
+            for (p, w) in writers.iter_mut().enumerate() {
+                w.sync()?;
+                if let Some(k) = pos.next(p as u32) {
+                    ck.partitions.insert(
+                        p as u32,
+                        Pair {
+                            local: w.next_offset(),
+                            kafka: k,
+                        },
+                    );
+                }
+            }
+            save(&path, ck)
+        };
+    loop {
+        if signals::stop_requested() || (!j.follow && at_end.len() == n as usize) {
+            break;
+        }
+        match read::poll(&c, POLL)? {
+            Polled::Message(m) => {
+                let p = m.partition().max(0) as u32;
+                let o = m.offset().max(0) as u64;
+                if pos.on_record(j.cluster, &c, j.topic, p, o)? == Verdict::Drop {
+                    continue;
+                }
+                at_end.remove(&p);
+                if let Some(s) = skip.get_mut(&p).filter(|s| **s > 0) {
+                    *s -= 1;
+                    continue;
+                }
+                let (header_count, json) = super::client::from_kafka(&m, &mut headers);
+                writers[p as usize].append(&RecordRef {
+                    timestamp: super::client::timestamp(&m),
+                    key: m.key(),
+                    value: m.payload().unwrap_or_default(),
+                    headers: &headers,
+                    header_count,
+                    value_is_json: json,
+                })?;
+                copied += 1;
+            }
+            Polled::Eof(p) => {
+                if pos.on_eof(j.cluster, &c, j.topic, p)? {
+                    at_end.insert(p);
+                }
+            }
+            Polled::Nothing => pos.tick(j.cluster, &c, j.topic)?,
+        }
+        if last_ck.elapsed() >= CHECKPOINT_EVERY {
+            sync_and_save(&mut writers, &mut ck, &pos)?;
+            last_ck = Instant::now();
+        }
+    }
+    sync_and_save(&mut writers, &mut ck, &pos)?;
+    for w in writers {
+        w.close()?;
+    }
+    summary(
+        j,
+        copied,
+        started,
+        "from",
+        &format!("{}/{}", j.cluster.url, j.topic),
+    );
+    Ok(())
+}
+
+/// `logd mirror` from its flags: which side is Kafka decides the direction.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    log_dir: &Path,
+    from: Option<&str>,
+    to: Option<&str>,
+    topic: &str,
+    to_topic: Option<&str>,
+    follow: bool,
+    timeout: Duration,
+    quiet: bool,
+) -> Result<()> {
+    names::validate("topic", topic)?;
+    let to_topic = to_topic.unwrap_or(topic);
+    names::validate("topic", to_topic)?;
+    let is_kafka = |s: Option<&str>| s.is_some_and(|s| s.starts_with("kafka://"));
+    let dir_of = |s: Option<&str>| {
+        s.map(PathBuf::from)
+            .unwrap_or_else(|| log_dir.to_path_buf())
+    };
+    match (is_kafka(from), is_kafka(to)) {
+        (false, true) => {
+            let cluster = Cluster::parse(to.unwrap_or_default(), timeout)?;
+            let dir = dir_of(from);
+            to_kafka(&Job {
+                dir: &dir,
+                cluster: &cluster,
+                topic,
+                to_topic,
+                follow,
+                quiet,
+            })
+        }
+        (true, false) => {
+            let cluster = Cluster::parse(from.unwrap_or_default(), timeout)?;
+            let dir = dir_of(to);
+            from_kafka(&Job {
+                dir: &dir,
+                cluster: &cluster,
+                topic,
+                to_topic,
+                follow,
+                quiet,
+            })
+        }
+        _ => Err(usage(
+            "logd mirror: one of --from and --to is kafka://HOST:PORT, the other a log directory (default --log)",
+        )),
+    }
+}

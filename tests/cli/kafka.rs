@@ -378,3 +378,80 @@ fn an_unreachable_broker_is_a_clear_error_in_bounded_time() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("kafka://"));
 }
+
+/// Runs `logd mirror` and SIGKILLs it after `after` (if it is still running).
+fn mirror_killed(log: &std::path::Path, args: &[&str], after: Duration) {
+    let mut child = Command::new(bin("logd"))
+        .arg("--log")
+        .arg(log)
+        .arg("mirror")
+        .args(args)
+        .arg("-q")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn mirror_to_kafka_and_back_survives_kills_with_no_gap_and_no_duplicate() {
+    let b = Broker::start();
+    let src = Env::new();
+    src.produce("tel", &PRODUCE[2..], &readings(150_000, 0));
+    let url = b.url();
+    let to = ["-t", "tel", "--to", &url, "--to-topic", "copy"];
+    for ms in [150, 400, 700] {
+        mirror_killed(&src.log(), &to, Duration::from_millis(ms));
+    }
+    src.ok("logd", &[&["mirror", "-q"][..], &to[..]].concat(), b"");
+    let fmt = ["--format", "%p %o %k %T %s\\n"];
+    let local = src.consume("tel", &fmt);
+    let mut full = vec!["-t", "copy"];
+    full.extend_from_slice(&fmt);
+    assert_eq!(ok(tool("consume", &b, &full), b""), local);
+    // And back into another log directory, killed on the way too.
+    let dst = Env::new();
+    let from = ["--from", &url, "-t", "copy"];
+    for ms in [300, 600] {
+        mirror_killed(&dst.log(), &from, Duration::from_millis(ms));
+    }
+    dst.ok("logd", &[&["mirror", "-q"][..], &from[..]].concat(), b"");
+    assert_eq!(dst.consume("copy", &fmt), local);
+    let o = dst.run("logd", &["verify"], b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // --follow keeps copying what is appended, until SIGTERM.
+    let mut child = Command::new(bin("logd"))
+        .arg("--log")
+        .arg(src.log())
+        .arg("mirror")
+        .args(to)
+        .args(["--follow", "-q"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    src.produce("tel", &[], &readings(500, 150_000));
+    let local = src.consume("tel", &fmt);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ok(tool("consume", &b, &full), b"") != local {
+        assert!(
+            Instant::now() < deadline,
+            "the followed records did not arrive"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    // Partition counts must agree.
+    let other = Env::new();
+    other.produce("tel", &["--partitions", "2"], "{\"a\":1}\n");
+    let o = other.run(
+        "logd",
+        &["mirror", "-t", "tel", "--to", &url, "--to-topic", "copy"],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("partition numbers"));
+}
