@@ -13,7 +13,7 @@
 //! end.
 
 use super::*;
-use crate::kafka::read::{self, Polled, Positions, Verdict};
+use crate::kafka::read::{self, Polled, Positions, Range, RangeEnd, Step, Verdict};
 use crate::kafka::Cluster;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
@@ -76,29 +76,6 @@ pub(super) fn run(a: Args, cluster: Cluster) -> Result<()> {
     }
 }
 
-/// Where a partition's range ends.
-#[derive(Clone, Copy)]
-enum End {
-    /// Where the reader catches up with the partition (its end when read, as locally).
-    Caught,
-    /// Before this offset.
-    Offset(u64),
-    /// Before the first record at or after this time.
-    Time(i64),
-    /// Never (--follow).
-    Never,
-}
-
-impl End {
-    fn reached(self, offset: u64, ts: i64) -> bool {
-        match self {
-            End::Offset(e) => offset >= e,
-            End::Time(t) => ts >= t,
-            End::Caught | End::Never => false,
-        }
-    }
-}
-
 struct Run<'x> {
     a: &'x Args,
     kind: &'x mut Out,
@@ -149,66 +126,29 @@ impl Run<'_> {
                 partitions - 1
             )));
         }
-        let end = match to {
-            None if a.follow => End::Never,
-            None | Some(Start::Latest) => End::Caught,
-            Some(Start::Offset(o)) => End::Offset(*o),
-            Some(Start::Time(t)) => End::Time(*t),
-            // Refused by the caller.
-            Some(_) => End::Caught,
-        };
-        let mut pos = Positions::default();
+        let end = RangeEnd::of(to, a.follow);
         let mut live = Vec::new();
         // The backlog, one partition after the other, as a local log is read.
         for p in (0..partitions).filter(|p| a.partition.is_none_or(|x| x == *p)) {
-            let (lo, _) = read::watermarks(cluster, &c, &a.topic, p)?;
-            let from = read::resolve(cluster, &c, &a.topic, p, start)?;
-            // The broker's answer for a time is where to start looking: the first record at
-            // or after it is found by reading (some brokers answer the earliest offset).
-            let mut after = match start {
-                Start::Time(t) => Some(*t),
-                _ => None,
-            };
-            read::assign(&c, &a.topic, &[(p, from)])?;
-            pos.start(p, from, lo);
-            let mut finished = matches!(end, End::Offset(e) if from >= e);
-            while !finished {
+            // Read to where it catches up (or to --to); --follow goes on below.
+            let mut r = Range::open(cluster, &a.topic, p, start, end)?;
+            loop {
                 if self.done() {
                     return out.flush();
                 }
-                match read::poll(&c, POLL)? {
-                    Polled::Message(m) => {
-                        let o = m.offset().max(0) as u64;
-                        if pos.on_record(cluster, &c, &a.topic, p, o)? == Verdict::Drop {
-                            continue;
-                        }
-                        let ts = crate::kafka::client::timestamp(&m);
-                        if after.is_some_and(|t| ts < t) {
-                            continue;
-                        }
-                        after = None;
-                        if end.reached(o, ts) {
-                            finished = true;
-                            break;
-                        }
-                        self.emit(out, &m)?;
-                    }
-                    Polled::Eof(q) if q == p => {
-                        if pos.on_eof(cluster, &c, &a.topic, p)? {
-                            break;
-                        }
-                    }
-                    Polled::Eof(_) => {}
-                    Polled::Nothing => {
-                        out.flush()?;
-                        pos.tick(cluster, &c, &a.topic)?;
-                    }
+                match r.step(cluster, &mut |m| self.emit(out, m))? {
+                    Step::Delivered => {}
+                    Step::Idle => out.flush()?,
+                    Step::Done => break,
                 }
             }
-            if !finished && a.follow {
-                live.push((p, pos.next(p).unwrap_or(from), lo, after));
+            // Ended by --to, not by catching up: nothing to follow.
+            if !r.reached && a.follow && !matches!(end, RangeEnd::Caught) {
+                let lo = read::watermarks(cluster, &c, &a.topic, p)?.0;
+                live.push((p, r.next_offset().unwrap_or(lo), lo, r.after()));
             }
         }
+        let mut pos = Positions::default();
         out.flush()?;
         if live.is_empty() {
             return Ok(());

@@ -19,6 +19,9 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "kafka")]
+#[path = "replay_kafka.rs"]
+mod broker;
 #[path = "replay_remote.rs"]
 mod remote;
 
@@ -56,7 +59,9 @@ error naming the file and line.
 
 From a server: --server URL (with --token-file) replays a topic that `logd serve` holds, with
 the same range, order, pacing and output; a stream the server ends early (a restart) is
-resumed where it stopped.";
+resumed where it stopped. From Kafka: --broker kafka://HOST:PORT replays a Kafka topic the
+same way; --to latest is where each partition's reader catches up, and --group G
+--from-committed starts at the Kafka consumer group's committed offsets.";
 
 const AFTER: &str = "\
 Exit status: 0 success (also when stdout is closed early, as by head); 1 damage found in the
@@ -85,6 +90,8 @@ pub struct Args {
     pub log: LogArgs,
     #[command(flatten)]
     pub server: ServerArgs,
+    #[command(flatten)]
+    pub broker: crate::kafka::BrokerArgs,
     /// Topic to replay
     #[arg(
         short = 't',
@@ -254,12 +261,20 @@ pub fn run(a: Args) -> Result<()> {
     let mut out = Output::stdout();
     // The total is known once the ranges are: the bar shows an ETA.
     let mut pb = indicatif::ProgressBar::hidden();
+    #[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
+    let cluster = crate::kafka::Cluster::from_args(&a.broker)?;
     let r = match &a.topic {
+        #[cfg(feature = "kafka")]
+        Some(t) if cluster.is_some() => {
+            // Some: checked by the guard.
+            let c = cluster.expect("a cluster");
+            broker::run(&a, t, c, &mut pacer, &mut out)
+        }
         Some(t) if a.server.server.is_some() => remote::run(&a, t, &mut pacer, &mut out),
         Some(t) => replay_log(&a, t, &mut pacer, &mut out, &mut pb),
-        None if a.server.server.is_some() => {
-            Err(usage("--server replays a topic (-t), not a --file dump"))
-        }
+        None if a.server.server.is_some() || a.broker.broker.is_some() => Err(usage(
+            "--server and --broker replay a topic (-t), not a --file dump",
+        )),
         None => replay_files(&a, &mut pacer, &mut out, &mut pb),
     };
     pb.finish_and_clear();

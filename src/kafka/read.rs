@@ -319,3 +319,145 @@ fn rewind<C: ConsumerContext>(
     )
     .map_err(|e| cluster.unreachable("moving back in the partition", e))
 }
+
+/// Where a partition's range ends.
+#[derive(Clone, Copy, Debug)]
+pub enum RangeEnd {
+    /// Where the reader catches up with the partition (its end when read, as locally).
+    Caught,
+    /// Before this offset.
+    Offset(u64),
+    /// Before the first record at or after this time.
+    Time(i64),
+    /// Never (--follow).
+    Never,
+}
+
+impl RangeEnd {
+    pub(crate) fn of(to: Option<&Start>, follow: bool) -> RangeEnd {
+        match to {
+            None if follow => RangeEnd::Never,
+            Some(Start::Offset(o)) => RangeEnd::Offset(*o),
+            Some(Start::Time(t)) => RangeEnd::Time(*t),
+            _ => RangeEnd::Caught,
+        }
+    }
+
+    pub fn reached(self, offset: u64, ts: i64) -> bool {
+        match self {
+            RangeEnd::Offset(e) => offset >= e,
+            RangeEnd::Time(t) => ts >= t,
+            RangeEnd::Caught | RangeEnd::Never => false,
+        }
+    }
+}
+
+/// What one step of a `Range` did.
+pub enum Step {
+    /// A record of the range was handed to the callback.
+    Delivered,
+    /// Nothing arrived for a moment.
+    Idle,
+    /// The range is read.
+    Done,
+}
+
+/// One partition's range read by its own consumer: from a start position (a time is found
+/// by reading past what the broker's answer gives, which is at or before it) to its end, or
+/// to where the reader caught up with the partition, whichever comes first.
+pub struct Range {
+    c: BaseConsumer,
+    topic: String,
+    pub p: u32,
+    pos: Positions,
+    end: RangeEnd,
+    after: Option<i64>,
+    done: bool,
+    /// The range ended at its end, not where the reader caught up.
+    pub reached: bool,
+}
+
+impl Range {
+    pub(crate) fn open(
+        cluster: &Cluster,
+        topic: &str,
+        p: u32,
+        start: &Start,
+        end: RangeEnd,
+    ) -> Result<Range> {
+        let c = consumer(cluster)?;
+        let (lo, _) = watermarks(cluster, &c, topic, p)?;
+        let from = resolve(cluster, &c, topic, p, start)?;
+        assign(&c, topic, &[(p, from)])?;
+        let mut pos = Positions::default();
+        pos.start(p, from, lo);
+        Ok(Range {
+            c,
+            topic: topic.to_string(),
+            p,
+            pos,
+            end,
+            after: match start {
+                Start::Time(t) => Some(*t),
+                _ => None,
+            },
+            done: matches!(end, RangeEnd::Offset(e) if from >= e),
+            reached: matches!(end, RangeEnd::Offset(e) if from >= e),
+        })
+    }
+
+    /// The next offset to be read.
+    pub fn next_offset(&self) -> Option<u64> {
+        self.pos.next(self.p)
+    }
+
+    /// The time a record must reach before the range starts (when started by time and not
+    /// yet there).
+    pub fn after(&self) -> Option<i64> {
+        self.after
+    }
+
+    /// Polls once; a record of the range goes to `f`.
+    pub fn step(
+        &mut self,
+        cluster: &Cluster,
+        f: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<()>,
+    ) -> Result<Step> {
+        if self.done {
+            return Ok(Step::Done);
+        }
+        let (c, topic, p) = (&self.c, self.topic.as_str(), self.p);
+        match poll(c, std::time::Duration::from_millis(100))? {
+            Polled::Message(m) => {
+                let o = m.offset().max(0) as u64;
+                if self.pos.on_record(cluster, c, topic, p, o)? == Verdict::Drop {
+                    return Ok(Step::Idle);
+                }
+                let ts = super::client::timestamp(&m);
+                if self.after.is_some_and(|t| ts < t) {
+                    return Ok(Step::Idle);
+                }
+                self.after = None;
+                if self.end.reached(o, ts) {
+                    self.done = true;
+                    self.reached = true;
+                    return Ok(Step::Done);
+                }
+                f(&m)?;
+                Ok(Step::Delivered)
+            }
+            Polled::Eof(q) if q == p => {
+                if self.pos.on_eof(cluster, c, topic, p)? {
+                    self.done = true;
+                    return Ok(Step::Done);
+                }
+                Ok(Step::Idle)
+            }
+            Polled::Eof(_) => Ok(Step::Idle),
+            Polled::Nothing => {
+                self.pos.tick(cluster, c, topic)?;
+                Ok(Step::Idle)
+            }
+        }
+    }
+}

@@ -167,6 +167,59 @@ fn produce_and_consume_on_kafka_match_the_local_log() {
             "consume {args:?}"
         );
     }
+    // replay: the same range, order and bytes as locally.
+    for args in [
+        vec![],
+        vec!["--order", "partition"],
+        vec!["--from", t1, "--to", t2, "--value"],
+        vec![
+            "--partition",
+            "1",
+            "--partition",
+            "3",
+            "--from",
+            "10",
+            "--to",
+            "@1795001000000",
+        ],
+    ] {
+        let mut full = vec!["-t", "tel"];
+        full.extend_from_slice(&args);
+        assert_eq!(
+            ok(tool("replay", &b, &full), b""),
+            env.ok("replay", &full, b""),
+            "replay {args:?}"
+        );
+    }
+    // --from-committed starts at the Kafka group's offsets.
+    let head = ok(
+        tool(
+            "consume",
+            &b,
+            &["-t", "tel", "--group", "r", "--max", "1000"],
+        ),
+        b"",
+    );
+    assert_eq!(head.lines().count(), 1000);
+    let rest = ok(
+        tool(
+            "replay",
+            &b,
+            &[
+                "-t",
+                "tel",
+                "--group",
+                "r",
+                "--from-committed",
+                "--order",
+                "partition",
+            ],
+        ),
+        b"",
+    );
+    assert_eq!(head.lines().count() + rest.lines().count(), 3000);
+    let all: BTreeSet<&str> = head.lines().chain(rest.lines()).collect();
+    assert_eq!(all.len(), 3000);
     // An existing topic keeps its partition count.
     let o = run_with_stdin(
         tool("produce", &b, &["-t", "tel", "--partitions", "8"]),
