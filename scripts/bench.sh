@@ -3,7 +3,8 @@
 # file (cat, dd, jq), since the machine is shared and noisy. Each command runs RUNS times and
 # the best wall time is kept (jq and mlr, much slower, run once). Usage: scripts/bench.sh [RECORDS]
 # (default 2,000,000). ONLY="window transform" runs just those sections (after the baselines);
-# the sections are produce, consume, latency, transform, window, store, replay and serve.
+# the sections are produce, consume, latency, transform, window, store, replay, serve and kafka
+# (kafka needs tansu: KAPPA_TANSU or the one .ci/run installs, and kafka-python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000000}
@@ -253,4 +254,30 @@ kill -TERM "$spid"; wait "$spid" || true
 echo "== serve: 64 producers x 1,000-record batches for 10 s + 16 followers; 2,000 idle connections"
 KAPPA_LOAD_PRODUCERS=64 KAPPA_LOAD_SECONDS=10 KAPPA_LOAD_FOLLOWERS=16 KAPPA_LOAD_IDLE=2000 \
   cargo test --release --test cli serve_load -- --test-threads 1 --nocapture 2>&1 | grep -oE 'serve (load|under).*'
+fi
+
+if want kafka; then
+echo "== kafka: produce/consume --broker on a tansu broker (loopback, memory storage) beside the local log and kafka-python"
+tansu=${KAPPA_TANSU:-$HOME/.cache/kappa/tansu/bin/tansu}
+kport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$tansu" broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
+  --storage-engine memory://tansu/ > /dev/null 2>&1 &
+kpid=$!
+sleep 1
+k="kafka://127.0.0.1:$kport"
+klog="$work/klocal"
+SETUP="rm -rf '$klog'"
+t_lp=$(best "'$bin/produce' --log '$klog' -q -t t --partitions 4 --key vehicle_id --ts ts '$data'"); row "produce --log, 4 partitions (baseline)" "$t_lp"
+unset SETUP
+t_kp=$(runs=1 best "'$bin/produce' --broker '$k' -q -t t --partitions 4 --key vehicle_id --ts ts '$data'"); row "produce --broker (acks=all, idempotent)" "$t_kp"
+printf '%58s %7.2fx local produce\n' "" "$(echo "$t_lp / $t_kp" | bc -l)"
+"$tansu" topic create py --broker "tcp://127.0.0.1:$kport" --partitions 4 > /dev/null 2>&1 || true
+t_pp=$(runs=1 best "python3 scripts/kafka-python-bench.py produce 127.0.0.1:$kport py '$data'"); row "kafka-python produce (acks=all)" "$t_pp"
+printf '%58s %7.2fx kafka-python\n' "" "$(echo "$t_pp / $t_kp" | bc -l)"
+t_lc=$(best "'$bin/consume' --log '$klog' -t t"); row "consume --log (baseline)" "$t_lc"
+t_kc=$(best "'$bin/consume' --broker '$k' -t t"); row "consume --broker" "$t_kc"
+printf '%58s %7.2fx local consume\n' "" "$(echo "$t_lc / $t_kc" | bc -l)"
+t_pc=$(runs=1 best "python3 scripts/kafka-python-bench.py consume 127.0.0.1:$kport py $n"); row "kafka-python consume" "$t_pc"
+printf '%58s %7.2fx kafka-python\n' "" "$(echo "$t_pc / $t_kc" | bc -l)"
+kill "$kpid"; wait "$kpid" 2>/dev/null || true
 fi

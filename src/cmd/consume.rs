@@ -61,6 +61,13 @@ fields (default: the first record's fields) and @topic, @partition, @offset, @ts
 offset, %T timestamp (ms), %k key, %s value, %K key length, %S value length, %h headers, %%
 percent, escapes \\n \\t \\r \\0 \\\\ (nothing is added at the end).
 
+From Kafka: --broker kafka://HOST:PORT[,HOST:PORT] reads a Kafka topic with the same flags
+and output (partitions one after the other up to where the reader catches up, as a log is
+read; then, with --follow, as records arrive). --group G is then a member of a Kafka consumer
+group (Kafka's own protocol: N copies of a pipeline on N machines share the partitions); each
+partition starts at the group's committed offset or, without one, at --from earliest or
+latest; what reached stdout is committed every second, before partitions move, and at exit.
+
 A closed stdout (`consume | head`) ends consume at once with status 0 and no message.";
 
 const AFTER: &str = "\
@@ -72,7 +79,8 @@ Examples:
   consume -t telemetry --from @-1h --value | jq .speed
   consume -t telemetry --group dash --follow | transform -f etl.jq
   consume -t telemetry --format '%p/%o %k %s\\n' --max 10
-  consume -t meters --csv --columns meter,kwh,@time";
+  consume -t meters --csv --columns meter,kwh,@time
+  consume --broker kafka://k1:9092 -t telemetry --group etl --follow | transform -f etl.jq";
 
 #[derive(Parser, Debug)]
 #[command(name = "consume", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = AFTER)]
