@@ -238,6 +238,23 @@ fn produce_and_consume_on_kafka_match_the_local_log() {
         ok(tool("consume", &b, &["-t", "bad", "--value"]), b""),
         "{\"a\":1}\n"
     );
+    // A record Kafka will not take (over librdkafka's 1,000,000-byte message limit) is named
+    // by its line, with exit 1; the record before it was acknowledged.
+    let input = format!(
+        "{{\"a\":1}}\n{{\"a\":2,\"pad\":\"{}\"}}\n",
+        "x".repeat(1_010_000)
+    );
+    let o = run_with_stdin(
+        tool("produce", &b, &["-t", "big", "--max-record-bytes", "2MiB"]),
+        input.as_bytes(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("line 2") && err.contains("Kafka"), "{err}");
+    assert_eq!(
+        ok(tool("consume", &b, &["-t", "big", "--value"]), b""),
+        "{\"a\":1}\n"
+    );
 }
 
 const PY_PRODUCE: &str = r#"
