@@ -74,6 +74,13 @@ is created with --partitions. Exit 0 means every record was acknowledged by all 
 replicas; a record that was not is named by its input line (exit 1). A broker that does not
 answer within --broker-timeout is exit 2.
 
+--acks FILE appends, after each durable point (each fsync of a batch, each acknowledged batch
+with --server or --broker, when the input stalls, and at exit), one line
+{\"file\",\"lines\",\"bytes\",\"records\"}: the input lines and bytes of that file read and handled
+(bad lines included, once skipped or dead-lettered), and the records appended in all, every
+one durable at the --fsync level (with never: handed to the kernel). A wrapper that restarts
+the input at that byte offset loses and repeats nothing. `-` writes them to stdout.
+
 Bad input (not JSON, not an object, invalid UTF-8, a missing key or timestamp field, an
 unparsable timestamp, a record over --max-record-bytes): --on-error fail (the default) stops
 with exit 1 naming the line, after making every earlier record durable; skip counts and goes
@@ -148,6 +155,9 @@ pub struct Args {
     /// Wait for another writer's lock instead of failing
     #[arg(long)]
     pub wait_lock: bool,
+    /// After each durable batch, append how much input is now durable to FILE (`-`: stdout)
+    #[arg(long, value_name = "FILE")]
+    pub acks: Option<PathBuf>,
     /// No summary on stderr
     #[arg(short, long)]
     pub quiet: bool,
@@ -192,6 +202,70 @@ struct Producer {
     remote: Option<Away>,
     /// The input line of the record being appended (for Kafka's delivery reports).
     line: u64,
+    acks: Acks,
+}
+
+/// `--acks FILE`: one NDJSON line per durable point, `{"file","lines","bytes","records"}`:
+/// the input lines and bytes of `file` read and handled (appended, or skipped or
+/// dead-lettered as bad), and the records appended in all, every one durable per --fsync
+/// (acknowledged by the server or cluster with --server or --broker). A wrapper that resumes
+/// the input at `bytes` of `file` loses and repeats nothing.
+#[derive(Default)]
+struct Acks {
+    out: Option<Box<dyn std::io::Write>>,
+    file: String,
+    lines: u64,
+    bytes: u64,
+    /// Records appended up to that position.
+    records: u64,
+    /// What the last line said, so a durable point with nothing new writes nothing.
+    last: Option<(String, u64, u64)>,
+}
+
+impl Acks {
+    fn open(path: &std::path::Path) -> Result<Acks> {
+        let out: Box<dyn std::io::Write> = if path.as_os_str() == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| usage(format!("--acks {}: {e}", path.display())))?,
+            )
+        };
+        Ok(Acks {
+            out: Some(out),
+            ..Acks::default()
+        })
+    }
+
+    /// Says that everything handled so far is durable.
+    fn durable(&mut self) -> Result<()> {
+        let records = self.records;
+        let Some(out) = self.out.as_mut() else {
+            return Ok(());
+        };
+        let now = (self.file.clone(), self.lines, records);
+        if self.last.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        let mut line = b"{\"file\":".to_vec();
+        crate::record::json::write_str(&mut line, &self.file);
+        line.extend_from_slice(
+            format!(
+                ",\"lines\":{},\"bytes\":{},\"records\":{records}}}\n",
+                self.lines, self.bytes
+            )
+            .as_bytes(),
+        );
+        out.write_all(&line)
+            .and_then(|_| out.flush())
+            .map_err(|e| Error::io("--acks", e))?;
+        self.last = Some(now);
+        Ok(())
+    }
 }
 
 /// Where records go when not to a local log: batched, and acknowledged over there.
@@ -372,6 +446,7 @@ pub fn run(a: Args) -> Result<()> {
         quiet: a.quiet,
         remote: None,
         line: 0,
+        acks: Acks::default(),
     };
     pr.run(&a, max_record as usize)
 }
@@ -439,6 +514,7 @@ fn run_remote(a: &Args, ingest: Ingest, on_error: OnError, max: usize) -> Result
             pending: 0,
         })),
         line: 0,
+        acks: Acks::default(),
     };
     pr.run(a, max)
 }
@@ -471,6 +547,7 @@ fn run_kafka(
         quiet: a.quiet,
         remote: Some(Away::Kafka(sink)),
         line: 0,
+        acks: Acks::default(),
     };
     pr.run(a, max)
 }
@@ -484,8 +561,14 @@ impl Producer {
         } else {
             a.files.clone()
         };
+        if let Some(path) = &a.acks {
+            pr.acks = Acks::open(path)?;
+        }
         let mut result = Ok(());
         for f in &files {
+            pr.acks.file = f.display().to_string();
+            pr.acks.lines = 0;
+            pr.acks.bytes = 0;
             pr.ingest.new_source();
             result = pr.read_source(f, max);
             if result.is_err() {
@@ -525,19 +608,35 @@ impl Producer {
                 Next::Idle => {
                     self.on_idle(&lr)?;
                 }
-                Next::Line(line) => match self.ingest.line(line.no, line.bytes, line.oversize) {
-                    Item::Record(p) => {
-                        self.line = line.no;
-                        self.append(p)?
+                Next::Line(line) => {
+                    let no = line.no;
+                    let handled = match self.ingest.line(no, line.bytes, line.oversize) {
+                        Item::Record(p) => {
+                            self.line = no;
+                            self.append(p)?;
+                            true
+                        }
+                        Item::Bad(no, msg, bytes) => {
+                            self.bad.handle(&label, no, &msg, &bytes, None)?;
+                            true
+                        }
+                        // A CSV header, or a quoted field going on: not handled yet.
+                        Item::Nothing => false,
+                    };
+                    if handled {
+                        self.acks.lines = no;
+                        self.acks.bytes = lr.consumed();
+                        self.acks.records = self.records;
                     }
-                    Item::Bad(no, msg, bytes) => self.bad.handle(&label, no, &msg, &bytes, None)?,
-                    Item::Nothing => {}
-                },
+                }
             }
         }
         if let Some(Item::Bad(no, msg, bytes)) = self.ingest.finish() {
             self.bad.handle(&label, no, &msg, &bytes, None)?;
         }
+        self.acks.lines = lr.line_no();
+        self.acks.bytes = lr.consumed();
+        self.acks.records = self.records;
         Ok(())
     }
 
@@ -549,6 +648,10 @@ impl Producer {
             return Ok(());
         }
         self.flush_all()?;
+        if self.fsync != FsyncMode::Batch {
+            // always: every record was synced; never: what --fsync never promises.
+            self.acks.durable()?;
+        }
         if self.fsync == FsyncMode::Batch && self.unsynced() > 0 {
             let since = self.last_sync.elapsed();
             if since < SYNC_INTERVAL {
@@ -575,7 +678,7 @@ impl Producer {
                 *c += n;
             }
         }
-        Ok(())
+        self.acks.durable()
     }
 
     fn append(&mut self, p: Prepared<'_>) -> Result<()> {
@@ -652,7 +755,7 @@ impl Producer {
         }
         self.bad.flush(true)?;
         self.last_sync = Instant::now();
-        Ok(())
+        self.acks.durable()
     }
 
     fn close(&mut self) -> Result<()> {
@@ -670,7 +773,10 @@ impl Producer {
         if let Err(e) = self.bad.flush(self.fsync != FsyncMode::Never) {
             first_err.get_or_insert(e);
         }
-        first_err.map_or(Ok(()), Err)
+        match first_err {
+            Some(e) => Err(e),
+            None => self.acks.durable(),
+        }
     }
 
     fn summary(&self, took: Duration) {

@@ -65,6 +65,11 @@ impl<R: Read> LineReader<R> {
         self.line_no
     }
 
+    /// Input bytes taken as lines so far (read, less what is buffered for the next line).
+    pub fn consumed(&self) -> u64 {
+        self.bytes_read - (self.end - self.start) as u64
+    }
+
     /// Waits until input is ready or `timeout_ms` passes (-1: no limit). True when ready.
     pub fn wait(&self, timeout_ms: i32) -> bool {
         let Some(fd) = self.poll_fd else { return true };

@@ -663,3 +663,95 @@ fn files_as_input_name_their_line() {
     assert!(err.contains("b.ndjson: line 2: invalid JSON"), "{err}");
     assert_eq!(e.consume("t", &["--value"]), "{\"a\":1}\n{\"a\":2}\n");
 }
+
+fn last_ack(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // A line cut by a kill is not an acknowledgement.
+    text.lines()
+        .rev()
+        .filter(|l| !l.is_empty())
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn acks_say_how_much_input_is_durable_and_survive_a_kill() {
+    let env = Env::new();
+    let mut input = String::new();
+    for i in 0..1000 {
+        if i == 500 {
+            input.push_str("not json\r\n");
+        } else {
+            input.push_str(&format!("{{\"i\":{i}}}\n"));
+        }
+    }
+    let acks = env.path("acks.ndjson");
+    let acks_arg = acks.to_str().unwrap();
+    env.ok(
+        "produce",
+        &["-t", "a", "-q", "--on-error", "skip", "--acks", acks_arg],
+        input.as_bytes(),
+    );
+    let last = last_ack(&acks);
+    assert_eq!(last["file"], "-");
+    assert_eq!(last["lines"], 1000);
+    assert_eq!(last["bytes"], input.len() as u64);
+    assert_eq!(last["records"], 999);
+    // Stopped by a bad line: the acknowledged position is before it, and durable.
+    let acks2 = env.path("acks2.ndjson");
+    let o = env.run(
+        "produce",
+        &["-t", "b", "-q", "--acks", acks2.to_str().unwrap()],
+        input.as_bytes(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let last = last_ack(&acks2);
+    assert_eq!(last["lines"], 500);
+    assert_eq!(last["records"], 500);
+    let head: usize = input.lines().take(500).map(|l| l.len() + 1).sum();
+    assert_eq!(last["bytes"], head as u64);
+    // SIGKILLed while ingesting a file: every acknowledged record is in the log, in order.
+    let big: String = (0..400_000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    let file = env.path("big.ndjson");
+    std::fs::write(&file, &big).unwrap();
+    let acks3 = env.path("acks3.ndjson");
+    let mut child = env
+        .cmd(
+            "produce",
+            &[
+                "-t",
+                "c",
+                "-q",
+                "--acks",
+                acks3.to_str().unwrap(),
+                file.to_str().unwrap(),
+            ],
+        )
+        .spawn()
+        .unwrap();
+    // Killed after its first acknowledgement, in the middle of the file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while last_ack(&acks3).is_null() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let last = last_ack(&acks3);
+    let acked = last["records"].as_u64().unwrap_or(0) as usize;
+    assert!(acked > 0, "no acknowledgement before the kill");
+    assert_eq!(last["lines"].as_u64(), Some(acked as u64));
+    let got = env.consume("c", &["--value"]);
+    assert!(
+        got.lines().count() >= acked,
+        "{acked} acknowledged, {} in the log",
+        got.lines().count()
+    );
+    assert!(big.starts_with(&got), "the log is a prefix of the input");
+    {
+        assert_eq!(
+            last["bytes"].as_u64().unwrap() as usize,
+            big.lines().take(acked).map(|l| l.len() + 1).sum::<usize>()
+        );
+    }
+}
