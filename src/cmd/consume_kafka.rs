@@ -260,6 +260,12 @@ impl Run<'_> {
                         out.flush()?;
                         c.context().flushed();
                         pos.tick(cluster, &c, &a.topic)?;
+                        let mine = c.context().state().assigned.clone().unwrap_or_default();
+                        for p in mine {
+                            if pos.quiet(p) {
+                                c.context().at_end(p);
+                            }
+                        }
                     }
                 }
                 if last_commit.elapsed() >= COMMIT_EVERY {

@@ -98,7 +98,12 @@ fn count_to_end(cluster: &Cluster, topic: &str, p: u32, from: u64) -> Result<(u6
                 }
             }
             Polled::Eof(_) => {}
-            Polled::Nothing => pos.tick(cluster, &c, topic)?,
+            Polled::Nothing => {
+                pos.tick(cluster, &c, topic)?;
+                if pos.quiet(p) {
+                    return Ok((n, pos.next(p).unwrap_or(from)));
+                }
+            }
         }
     }
 }
@@ -447,7 +452,14 @@ pub fn from_kafka(j: &Job<'_>) -> Result<()> {
                     at_end.insert(p);
                 }
             }
-            Polled::Nothing => pos.tick(j.cluster, &c, j.topic)?,
+            Polled::Nothing => {
+                pos.tick(j.cluster, &c, j.topic)?;
+                for p in 0..n {
+                    if pos.quiet(p) {
+                        at_end.insert(p);
+                    }
+                }
+            }
         }
         if last_ck.elapsed() >= CHECKPOINT_EVERY {
             sync_and_save(&mut writers, &mut ck, &pos)?;

@@ -192,7 +192,14 @@ struct Pos {
     settled: bool,
     /// When the last seek was made.
     since: std::time::Instant,
+    /// When the last record was delivered (or the partition positioned).
+    delivered: std::time::Instant,
 }
+
+/// A partition from which nothing was delivered for this long is taken as read to its end,
+/// even if the broker never reported the end (tansu 0.6 reports a high watermark short of
+/// the last record, so librdkafka's end-of-partition event may never come there).
+pub const QUIET: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a fetch may bring nothing before it is taken for one that began past the end of
 /// what the broker will serve (a broker that answers neither records nor an end there).
@@ -218,8 +225,16 @@ impl Positions {
                 step: FIRST_STEP,
                 settled: want <= lo,
                 since: std::time::Instant::now(),
+                delivered: std::time::Instant::now(),
             },
         );
+    }
+
+    /// Nothing was delivered from `p` for `QUIET`.
+    pub fn quiet(&self, p: u32) -> bool {
+        self.parts
+            .get(&p)
+            .is_some_and(|x| x.delivered.elapsed() >= QUIET)
     }
 
     pub fn knows(&self, p: u32) -> bool {
@@ -260,6 +275,7 @@ impl Positions {
             return Ok(Verdict::Drop);
         }
         x.want = offset + 1;
+        x.delivered = std::time::Instant::now();
         Ok(Verdict::Deliver)
     }
 
@@ -456,6 +472,10 @@ impl Range {
             Polled::Eof(_) => Ok(Step::Idle),
             Polled::Nothing => {
                 self.pos.tick(cluster, c, topic)?;
+                if !matches!(self.end, RangeEnd::Never) && self.pos.quiet(p) {
+                    self.done = true;
+                    return Ok(Step::Done);
+                }
                 Ok(Step::Idle)
             }
         }
