@@ -490,6 +490,26 @@ fn run_remote(a: &Args, ingest: Ingest, on_error: OnError, max: usize) -> Result
         q.push(("partition", p.to_string()));
     }
     let path = format!("/topics/{}/records{}", a.topic, client::query(&q));
+    let away = Away::Server(Remote {
+        client,
+        path,
+        producer: client::member_id("produce"),
+        seq: 0,
+        body: Vec::with_capacity(REMOTE_BATCH_BYTES + (64 << 10)),
+        pending: 0,
+    });
+    run_away(a, ingest, on_error, max, partitions, away)
+}
+
+/// Runs a producer whose records go to a server or a cluster instead of local writers.
+fn run_away(
+    a: &Args,
+    ingest: Ingest,
+    on_error: OnError,
+    max: usize,
+    partitions: u32,
+    away: Away,
+) -> Result<()> {
     let mut pr = Producer {
         topic: a.topic.clone(),
         ingest,
@@ -505,14 +525,7 @@ fn run_remote(a: &Args, ingest: Ingest, on_error: OnError, max: usize) -> Result
         last_sync: Instant::now(),
         pb: progress::records_spinner(a.progress.wanted(), "produce"),
         quiet: a.quiet,
-        remote: Some(Away::Server(Remote {
-            client,
-            path,
-            producer: client::member_id("produce"),
-            seq: 0,
-            body: Vec::with_capacity(REMOTE_BATCH_BYTES + (64 << 10)),
-            pending: 0,
-        })),
+        remote: Some(away),
         line: 0,
         acks: Acks::default(),
     };
@@ -530,26 +543,7 @@ fn run_kafka(
     crate::log::names::validate("topic", &a.topic)?;
     let sink = crate::kafka::produce::Sink::open(cluster, &a.topic, a.partitions, a.partition)?;
     let partitions = sink.partitions();
-    let mut pr = Producer {
-        topic: a.topic.clone(),
-        ingest,
-        partitions,
-        forced: a.partition,
-        writers: Vec::new(),
-        sticky: 0,
-        fsync: a.fsync,
-        bad: BadRecords::new("produce", on_error)?,
-        counts: vec![0; partitions as usize],
-        records: 0,
-        bytes: 0,
-        last_sync: Instant::now(),
-        pb: progress::records_spinner(a.progress.wanted(), "produce"),
-        quiet: a.quiet,
-        remote: Some(Away::Kafka(sink)),
-        line: 0,
-        acks: Acks::default(),
-    };
-    pr.run(a, max)
+    run_away(a, ingest, on_error, max, partitions, Away::Kafka(sink))
 }
 
 impl Producer {

@@ -27,6 +27,20 @@ impl Cluster {
         c
     }
 
+    /// Producer settings: idempotent, acks=all, batches that fill in a few ms on loopback or
+    /// a LAN, no compression (it costs more CPU there than it saves).
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut c = self.config();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("batch.size", "1000000")
+            .set("compression.type", "none")
+            .set("queue.buffering.max.messages", "500000");
+        c
+    }
+
     /// An error reaching the cluster: a setup problem (exit 2).
     pub fn unreachable(&self, what: &str, e: KafkaError) -> Error {
         setup(format!(

@@ -151,14 +151,7 @@ pub fn to_kafka(j: &Job<'_>) -> Result<()> {
     let n = cfg.partitions;
     let producer: BaseProducer<Ctx> = j
         .cluster
-        .config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("batch.size", "1000000")
-        .set("compression.type", "none")
-        .set("queue.buffering.max.messages", "500000")
+        .producer_config()
         .create_with_context(Ctx {
             reports: Mutex::new(Reports {
                 delivered: BTreeMap::new(),

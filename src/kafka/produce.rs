@@ -77,15 +77,7 @@ impl Sink {
         forced: Option<u32>,
     ) -> Result<Sink> {
         let producer: BaseProducer<Ctx> = cluster
-            .config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // Loopback and LAN: batches fill in a few ms; compression costs more than it saves.
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
-            .set("batch.size", "1000000")
-            .set("compression.type", "none")
-            .set("queue.buffering.max.messages", "500000")
+            .producer_config()
             .set(
                 "message.timeout.ms",
                 DELIVERY_TIMEOUT.as_millis().to_string(),
