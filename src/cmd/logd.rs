@@ -345,7 +345,7 @@ fn mirror(log: &LogArgs, m: MirrorArgs) -> Result<()> {
 #[cfg(not(feature = "kafka"))]
 fn mirror(_: &LogArgs, _: MirrorArgs) -> Result<()> {
     Err(usage(
-        "logd mirror: this build has no Kafka support (build with the cargo feature kafka)",
+        "mirror: this build has no Kafka support (build with the cargo feature kafka)",
     ))
 }
 

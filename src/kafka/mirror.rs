@@ -519,7 +519,7 @@ pub fn run(
             })
         }
         _ => Err(usage(
-            "logd mirror: one of --from and --to is kafka://HOST:PORT, the other a log directory (default --log)",
+            "mirror: one of --from and --to is kafka://HOST:PORT, the other a log directory (default --log)",
         )),
     }
 }
