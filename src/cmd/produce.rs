@@ -8,8 +8,9 @@
 use crate::cli::onerror::{BadRecords, OnError};
 use crate::cli::{self, progress, LogArgs};
 use crate::error::{setup, usage, Error, Result};
-use crate::log::format::MAX_RECORD_BYTES;
+use crate::log::format::{SourcePos, MAX_RECORD_BYTES};
 use crate::log::partitioner::partition_for_key;
+use crate::log::sources::{self, SourceCheckpoint};
 use crate::log::{FsyncMode, Log, PartitionWriter, TopicConfig};
 use crate::record::ingest::{Format, Ingest, Item, Prepared};
 use crate::record::lines::{LineReader, Next, StdinFile};
@@ -17,10 +18,16 @@ use crate::record::{envelope, time};
 use crate::server::client::{self, Client, Failure, ServerArgs};
 use clap::{CommandFactory, Parser};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// With --source, records without a key move to the next partition after this many, counted
+/// from the source's first record, so that a rerun places them as the first run did.
+const SOURCE_KEYLESS_RUN: u64 = 1024;
+/// With --source, the checkpoint beside topic.json is rewritten at most this often.
+const SOURCE_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Under `--fsync batch`, sync once this many bytes are unsynced...
 const SYNC_BYTES: u64 = 8 << 20;
@@ -80,6 +87,17 @@ with --server or --broker, when the input stalls, and at exit), one line
 (bad lines included, once skipped or dead-lettered), and the records appended in all, every
 one durable at the --fsync level (with never: handed to the kernel). A wrapper that restarts
 the input at that byte offset loses and repeats nothing. `-` writes them to stdout.
+
+--source ID makes ingestion idempotent: rerunning the same command (same files in the same
+order, same flags) after a crash or a kill appends no duplicate and skips nothing, and
+rerunning it on a file that has grown since appends only what is new. Each frame of records
+the source writes ends with a mark of the input position after its last record, under the
+frame's CRC, so the log holds exactly the position of what it holds; a rerun reads the last
+mark of each partition, resumes the input at the earliest of them (seeking in a regular
+NDJSON, raw-line or envelope file; reading and skipping otherwise), and leaves out the
+records a partition already has. Records without a key go to partitions in runs of 1024
+counted from the source's first record, so a rerun places them alike. Only a local log (not
+--server or --broker); lines that were bad may be dead-lettered again on a rerun.
 
 Bad input (not JSON, not an object, invalid UTF-8, a missing key or timestamp field, an
 unparsable timestamp, a record over --max-record-bytes): --on-error fail (the default) stops
@@ -158,6 +176,10 @@ pub struct Args {
     /// After each durable batch, append how much input is now durable to FILE (`-`: stdout)
     #[arg(long, value_name = "FILE")]
     pub acks: Option<PathBuf>,
+    /// Idempotent ingestion: remember the input position in the log under this id, and
+    /// resume from it (same files, same flags)
+    #[arg(long, value_name = "ID")]
+    pub source: Option<String>,
     /// No summary on stderr
     #[arg(short, long)]
     pub quiet: bool,
@@ -203,6 +225,117 @@ struct Producer {
     /// The input line of the record being appended (for Kafka's delivery reports).
     line: u64,
     acks: Acks,
+    source: Option<Source>,
+}
+
+/// `--source ID`: which of the source's records each partition already holds, and where the
+/// input stands. See `log::sources`.
+struct Source {
+    id: String,
+    topic_dir: PathBuf,
+    /// Partition p holds every record of the source that ends at or before `done[p]`.
+    done: Vec<SourcePos>,
+    /// Where reading starts: the earliest of `done`.
+    resume: SourcePos,
+    /// The position after the last line handled.
+    pos: SourcePos,
+    /// Where the record being appended ends.
+    at: SourcePos,
+    /// Records left out because their partition already held them.
+    skipped: u64,
+    last_checkpoint: Instant,
+}
+
+impl Source {
+    /// Finds where source `id` stands: the checkpoint is a floor, each partition's last
+    /// mark after the checkpoint's offset says what it holds beyond.
+    fn open(
+        id: &str,
+        topic_dir: PathBuf,
+        writers: &mut [Option<PartitionWriter>],
+        quiet: bool,
+    ) -> Result<Source> {
+        crate::log::names::validate("source", id)?;
+        // Temp files of checkpoint rewrites a killed run left (we hold every writer lock).
+        let leftover = format!(".{id}.json.");
+        for e in std::fs::read_dir(sources::dir(&topic_dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&leftover) && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let cp = match sources::read(&topic_dir, id) {
+            Ok(cp) => cp,
+            Err(e) => {
+                // Only a floor and a hint: without it every partition is scanned in full.
+                cli::note(
+                    quiet,
+                    "produce",
+                    &format!("{e}; scanning the topic for source {id:?}"),
+                );
+                None
+            }
+        };
+        let floor = cp.as_ref().map(|c| c.pos).unwrap_or_default();
+        let mut done = vec![floor; writers.len()];
+        let mut marks = false;
+        for (p, w) in writers.iter_mut().enumerate() {
+            let Some(w) = w else { continue };
+            let from = cp
+                .as_ref()
+                .and_then(|c| c.next.get(p).copied())
+                .unwrap_or(0);
+            if from > w.next_offset() {
+                return Err(Error::Data(format!(
+                    "source {id:?}: partition {p} ends at offset {}, before the {from} its checkpoint {} recorded: records were lost",
+                    w.next_offset(),
+                    sources::path(&topic_dir, id).display()
+                )));
+            }
+            if let Some(m) = sources::last_mark(w.dir(), from, id)? {
+                marks = true;
+                if !m.at_or_before(&floor) {
+                    done[p] = m;
+                }
+            }
+            w.set_source(id);
+        }
+        let resume = writers
+            .iter()
+            .zip(&done)
+            .filter(|(w, _)| w.is_some())
+            .map(|(_, d)| *d)
+            .min_by_key(|d| (d.file, d.bytes))
+            .unwrap_or(floor);
+        if cp.is_none() && !marks {
+            // A new source: record where the topic stood before its first record.
+            let next = writers
+                .iter()
+                .map(|w| w.as_ref().map_or(0, |w| w.next_offset()))
+                .collect();
+            sources::write(&topic_dir, id, &SourceCheckpoint { pos: floor, next })?;
+        }
+        Ok(Source {
+            id: id.to_string(),
+            topic_dir,
+            done,
+            resume,
+            pos: resume,
+            at: resume,
+            skipped: 0,
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    /// Whether every partition's holdings are behind the input position, so that a
+    /// checkpoint at that position stays a floor for all of them.
+    fn caught_up(&self) -> bool {
+        self.done.iter().all(|d| d.at_or_before(&self.pos))
+    }
 }
 
 /// `--acks FILE`: one NDJSON line per durable point, `{"file","lines","bytes","records"}`:
@@ -378,6 +511,11 @@ pub fn run(a: Args) -> Result<()> {
     )
     .map_err(usage)?;
     let on_error = OnError::parse(&a.on_error)?;
+    if a.source.is_some() && (a.server.server.is_some() || a.broker.broker.is_some()) {
+        return Err(usage(
+            "--source keeps its position in a local log: it does not go with --server or --broker",
+        ));
+    }
     if a.server.server.is_some() {
         return run_remote(&a, ingest, on_error, max_record as usize);
     }
@@ -447,7 +585,12 @@ pub fn run(a: Args) -> Result<()> {
         remote: None,
         line: 0,
         acks: Acks::default(),
+        source: None,
     };
+    if let Some(id) = &a.source {
+        let dir = log.topic_dir(&pr.topic)?;
+        pr.source = Some(Source::open(id, dir, &mut pr.writers, a.quiet)?);
+    }
     pr.run(&a, max_record as usize)
 }
 
@@ -528,6 +671,7 @@ fn run_away(
         remote: Some(away),
         line: 0,
         acks: Acks::default(),
+        source: None,
     };
     pr.run(a, max)
 }
@@ -559,12 +703,22 @@ impl Producer {
             pr.acks = Acks::open(path)?;
         }
         let mut result = Ok(());
-        for f in &files {
+        let resume = pr.source.as_ref().map(|s| s.resume);
+        for (i, f) in files.iter().enumerate() {
+            let i = i as u32;
+            let start = match resume {
+                Some(r) if i < r.file => continue,
+                Some(r) if i == r.file => (r.lines, r.bytes),
+                _ => (0, 0),
+            };
+            if let Some(src) = pr.source.as_mut() {
+                src.pos.file = i;
+                (src.pos.lines, src.pos.bytes) = start;
+            }
             pr.acks.file = f.display().to_string();
-            pr.acks.lines = 0;
-            pr.acks.bytes = 0;
+            (pr.acks.lines, pr.acks.bytes) = start;
             pr.ingest.new_source();
-            result = pr.read_source(f, max);
+            result = pr.read_source(f, max, start, a.csv);
             if result.is_err() {
                 break;
             }
@@ -578,21 +732,48 @@ impl Producer {
         Ok(())
     }
 
-    fn read_source(&mut self, path: &PathBuf, max: usize) -> Result<()> {
+    /// Reads one input. `start` (lines, bytes) is where --source resumes in it: a regular
+    /// file is read from there (a CSV one from its start, for its header); other input is
+    /// read from its start, and what lies before `start` was handled by an earlier run.
+    fn read_source(
+        &mut self,
+        path: &PathBuf,
+        max: usize,
+        start: (u64, u64),
+        csv: bool,
+    ) -> Result<()> {
         let stdin = path.as_os_str() == "-";
+        let mut from = (0, 0);
         let (reader, fd, label): (Box<dyn Read>, Option<i32>, String) = if stdin {
             (Box::new(StdinFile::open()), Some(0), String::new())
         } else {
-            let f = File::open(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+            let mut f = File::open(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
             let fd = f.as_raw_fd();
-            let is_file = f.metadata().map(|m| m.is_file()).unwrap_or(true);
+            let meta = f.metadata().ok();
+            let is_file = meta.as_ref().map(|m| m.is_file()).unwrap_or(true);
+            if is_file && start.1 > 0 {
+                let len = meta.map_or(0, |m| m.len());
+                if len < start.1 {
+                    return Err(Error::Data(format!(
+                        "{}: {len} bytes, fewer than the {} that source {:?} already took from it (was the file replaced?)",
+                        path.display(),
+                        start.1,
+                        self.source.as_ref().map_or("", |s| s.id.as_str())
+                    )));
+                }
+                if !csv {
+                    f.seek(SeekFrom::Start(start.1))
+                        .map_err(|e| Error::io(format!("seeking in {}", path.display()), e))?;
+                    from = start;
+                }
+            }
             (
                 Box::new(f),
                 if is_file { None } else { Some(fd) },
                 format!("{}: ", path.display()),
             )
         };
-        let mut lr = LineReader::new(reader, max, fd);
+        let mut lr = LineReader::new(reader, max, fd).starting_at(from.0, from.1);
         loop {
             match lr
                 .next_line()
@@ -603,10 +784,23 @@ impl Producer {
                     self.on_idle(&lr)?;
                 }
                 Next::Line(line) => {
-                    let no = line.no;
+                    let (no, end) = (line.no, line.end);
+                    // --source, read from the start: lines up to the resume point were
+                    // handled by an earlier run (a CSV header is still read for its names).
+                    if self.source.is_some() && end <= start.1 && self.ingest.expects_data() {
+                        continue;
+                    }
                     let handled = match self.ingest.line(no, line.bytes, line.oversize) {
                         Item::Record(p) => {
                             self.line = no;
+                            if let Some(src) = self.source.as_mut() {
+                                src.at = SourcePos {
+                                    file: src.pos.file,
+                                    bytes: end,
+                                    lines: no,
+                                    records: src.pos.records + 1,
+                                };
+                            }
                             self.append(p)?;
                             true
                         }
@@ -621,6 +815,15 @@ impl Producer {
                         self.acks.lines = no;
                         self.acks.bytes = lr.consumed();
                         self.acks.records = self.records;
+                        if let Some(src) = self.source.as_mut() {
+                            let records = src.at.records.max(src.pos.records);
+                            src.pos = SourcePos {
+                                file: src.pos.file,
+                                bytes: lr.consumed(),
+                                lines: no,
+                                records,
+                            };
+                        }
                     }
                 }
             }
@@ -631,6 +834,10 @@ impl Producer {
         self.acks.lines = lr.line_no();
         self.acks.bytes = lr.consumed();
         self.acks.records = self.records;
+        if let Some(src) = self.source.as_mut() {
+            src.pos.lines = lr.line_no();
+            src.pos.bytes = lr.consumed();
+        }
         Ok(())
     }
 
@@ -644,7 +851,7 @@ impl Producer {
         self.flush_all()?;
         if self.fsync != FsyncMode::Batch {
             // always: every record was synced; never: what --fsync never promises.
-            self.acks.durable()?;
+            self.durable_point(false)?;
         }
         if self.fsync == FsyncMode::Batch && self.unsynced() > 0 {
             let since = self.last_sync.elapsed();
@@ -692,6 +899,10 @@ impl Producer {
         let part = match (self.forced, &p.key) {
             (Some(f), _) => f,
             (None, Some(k)) => partition_for_key(k, self.partitions),
+            (None, None) if self.source.is_some() => {
+                let n = self.source.as_ref().map_or(1, |s| s.at.records);
+                ((n - 1) / SOURCE_KEYLESS_RUN % self.partitions as u64) as u32
+            }
             (None, None) => {
                 // Every partition has a writer when no --partition is forced.
                 if self.writers[self.sticky as usize]
@@ -706,7 +917,16 @@ impl Producer {
         let w = self.writers[part as usize]
             .as_mut()
             .expect("a writer is open for every partition records can go to");
-        w.append(&rec)?;
+        if let Some(src) = self.source.as_mut() {
+            if src.at.at_or_before(&src.done[part as usize]) {
+                src.skipped += 1;
+                return Ok(());
+            }
+            w.append(&rec)?;
+            w.mark(src.at);
+        } else {
+            w.append(&rec)?;
+        }
         self.counts[part as usize] += 1;
         self.records += 1;
         self.bytes += p.value.len() as u64;
@@ -749,7 +969,36 @@ impl Producer {
         }
         self.bad.flush(true)?;
         self.last_sync = Instant::now();
-        self.acks.durable()
+        self.durable_point(false)
+    }
+
+    /// Everything handled so far is durable at the --fsync level: say so in --acks, and
+    /// move the --source checkpoint up (at most every second unless `last`).
+    fn durable_point(&mut self, last: bool) -> Result<()> {
+        self.acks.durable()?;
+        let next: Vec<u64> = self
+            .writers
+            .iter()
+            .map(|w| w.as_ref().map_or(0, |w| w.next_offset()))
+            .collect();
+        self.checkpoint_source(next, last)
+    }
+
+    /// `next`: each partition's end offset, all of it durable.
+    fn checkpoint_source(&mut self, next: Vec<u64>, last: bool) -> Result<()> {
+        let Some(src) = self.source.as_mut() else {
+            return Ok(());
+        };
+        if !src.caught_up() || (!last && src.last_checkpoint.elapsed() < SOURCE_CHECKPOINT_EVERY) {
+            return Ok(());
+        }
+        sources::write(
+            &src.topic_dir,
+            &src.id,
+            &SourceCheckpoint { pos: src.pos, next },
+        )?;
+        src.last_checkpoint = Instant::now();
+        Ok(())
     }
 
     fn close(&mut self) -> Result<()> {
@@ -757,6 +1006,11 @@ impl Producer {
             return self.remote_send();
         }
         let mut first_err = None;
+        let next: Vec<u64> = self
+            .writers
+            .iter()
+            .map(|w| w.as_ref().map_or(0, |w| w.next_offset()))
+            .collect();
         for w in self.writers.iter_mut() {
             if let Some(w) = w.take() {
                 if let Err(e) = w.close() {
@@ -769,7 +1023,10 @@ impl Producer {
         }
         match first_err {
             Some(e) => Err(e),
-            None => self.acks.durable(),
+            None => {
+                self.acks.durable()?;
+                self.checkpoint_source(next, true)
+            }
         }
     }
 
@@ -804,6 +1061,12 @@ impl Producer {
                 _ => "skipped".into(),
             };
             msg.push_str(&format!("; {} bad records {what}", self.bad.count));
+        }
+        if let Some(src) = self.source.as_ref().filter(|s| s.skipped > 0) {
+            msg.push_str(&format!(
+                "; {} records of source {} were in the log already",
+                src.skipped, src.id
+            ));
         }
         cli::note(false, "produce", &msg);
     }

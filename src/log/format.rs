@@ -18,13 +18,23 @@
 //!   0  4  length           u32, bytes after the crc field (FRAME_HEADER - 8 + records)
 //!   4  4  crc              crc32 over the 4 length bytes and the `length` bytes after crc
 //!   8  1  frame_version    1
-//!   9  1  attributes       0 (reserved: compression)
+//!   9  1  attributes       bit 0: the frame ends with a source mark (others reserved)
 //!  10  2  reserved         0
 //!  12  8  base_offset      u64, offset of the first record
 //!  20  4  record_count     u32, >= 1
 //!  24  8  min_ts           i64
 //!  32  8  max_ts           i64
 //!  40  .. records
+//!  ..  .. source mark      only with attribute bit 0 (below)
+//!
+//! source mark (after a frame's last record: where in its input that record ended)
+//!   0  8  input_bytes      u64, input bytes of the file taken through the last record
+//!   8  8  input_lines      u64, input lines of the file taken through it
+//!  16  8  records          u64, records of the source through it
+//!  24  4  file_index       u32, which input file of the command (0 = the first)
+//!  28  2  id_len           u16
+//!  30  .. id               the source id
+//!  ..  4  mark_len         u32, 30 + id_len: the frame's last 4 bytes
 //!
 //! record
 //!   0  4  record_len       u32, bytes after this field
@@ -44,6 +54,8 @@
 //!   8  8  offset           u64, base offset of the frame
 //!  16  8  position         u64, file position of the frame
 //! ```
+
+use serde::{Deserialize, Serialize};
 
 pub const VERSION: u16 = 1;
 
@@ -69,6 +81,7 @@ pub const FRAME_MIN_TS: usize = 24;
 pub const FRAME_MAX_TS: usize = 32;
 pub const FRAME_HEADER_LEN: usize = 40;
 pub const FRAME_VERSION: u8 = 1;
+pub const FRAME_ATTR_SOURCE: u8 = 1;
 /// Bytes covered by `length`: everything after the crc field.
 pub const FRAME_PREFIX_LEN: usize = 8;
 /// A frame's length field is checked against this before it is trusted.
@@ -82,6 +95,17 @@ pub const REC_VALUE_LEN: usize = 17;
 pub const REC_HEADER_COUNT: usize = 21;
 pub const REC_FIXED_LEN: usize = 25;
 pub const REC_ATTR_JSON: u8 = 1;
+
+pub const MARK_INPUT_BYTES: usize = 0;
+pub const MARK_INPUT_LINES: usize = 8;
+pub const MARK_RECORDS: usize = 16;
+pub const MARK_FILE_INDEX: usize = 24;
+pub const MARK_ID_LEN: usize = 28;
+pub const MARK_FIXED_LEN: usize = 30;
+/// The trailing u32 that says how long the mark is.
+pub const MARK_LEN_FIELD: usize = 4;
+/// Source ids follow the topic name rule, so they fit well within this.
+pub const MAX_SOURCE_ID: usize = 249;
 
 pub const INDEX_ENTRY_LEN: usize = 16;
 pub const TIMEINDEX_ENTRY_LEN: usize = 24;
@@ -315,6 +339,8 @@ pub struct FrameInfo {
     pub max_ts: i64,
     /// Total bytes of the frame, prefix included.
     pub total_len: usize,
+    /// Where the records end (before a source mark, if any).
+    pub records_end: usize,
 }
 
 impl FrameInfo {
@@ -357,23 +383,90 @@ pub fn check_frame(b: &[u8]) -> FrameCheck {
     if b[FRAME_VERSION_AT] != FRAME_VERSION {
         return FrameCheck::Corrupt(format!("unknown frame version {}", b[FRAME_VERSION_AT]));
     }
-    if b[FRAME_ATTRIBUTES] != 0 {
-        return FrameCheck::Corrupt(format!("unknown frame attributes {}", b[FRAME_ATTRIBUTES]));
+    let attributes = b[FRAME_ATTRIBUTES];
+    if attributes & !FRAME_ATTR_SOURCE != 0 {
+        return FrameCheck::Corrupt(format!("unknown frame attributes {attributes}"));
     }
+    let records_end = if attributes & FRAME_ATTR_SOURCE != 0 {
+        match mark_span(&b[FRAME_HEADER_LEN..total]) {
+            Some(at) => FRAME_HEADER_LEN + at,
+            None => return FrameCheck::Corrupt("frame's source mark is malformed".into()),
+        }
+    } else {
+        total
+    };
     let info = FrameInfo {
         base_offset: u64_at(b, FRAME_BASE_OFFSET),
         record_count: u32_at(b, FRAME_RECORD_COUNT),
         min_ts: i64_at(b, FRAME_MIN_TS),
         max_ts: i64_at(b, FRAME_MAX_TS),
         total_len: total,
+        records_end,
     };
     if info.record_count == 0 {
         return FrameCheck::Corrupt("frame holds no records".into());
     }
-    if let Err(e) = walk_records(&b[FRAME_HEADER_LEN..total], info.record_count) {
+    if let Err(e) = walk_records(&b[FRAME_HEADER_LEN..records_end], info.record_count) {
         return FrameCheck::Corrupt(e);
     }
     FrameCheck::Ok(info)
+}
+
+/// Where the source mark starts in a frame body (bytes after the frame header), when the
+/// body ends with a well-formed one.
+fn mark_span(body: &[u8]) -> Option<usize> {
+    let n = body.len().checked_sub(MARK_LEN_FIELD)?;
+    let len = u32_at(body, n) as usize;
+    let start = n.checked_sub(len)?;
+    let mark = &body[start..n];
+    if len < MARK_FIXED_LEN || u16_at(mark, MARK_ID_LEN) as usize != len - MARK_FIXED_LEN {
+        return None;
+    }
+    Some(start)
+}
+
+/// Where one source's input stood after a record: the position a rerun resumes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SourcePos {
+    /// Which input file of the command (0 = the first).
+    pub file: u32,
+    /// Input bytes and lines of that file taken.
+    pub bytes: u64,
+    pub lines: u64,
+    /// Records of the source so far (all files).
+    pub records: u64,
+}
+
+impl SourcePos {
+    /// Input order: whether a record ending at `self` is at or before `other`.
+    pub fn at_or_before(&self, other: &SourcePos) -> bool {
+        (self.file, self.bytes) <= (other.file, other.bytes)
+    }
+
+    fn encode_mark(&self, id: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.bytes.to_le_bytes());
+        out.extend_from_slice(&self.lines.to_le_bytes());
+        out.extend_from_slice(&self.records.to_le_bytes());
+        out.extend_from_slice(&self.file.to_le_bytes());
+        out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&((MARK_FIXED_LEN + id.len()) as u32).to_le_bytes());
+    }
+}
+
+/// The source mark of a frame that `check_frame` accepted: (source id, position).
+pub fn source_mark<'a>(frame: &'a [u8], info: &FrameInfo) -> Option<(&'a [u8], SourcePos)> {
+    if info.records_end == info.total_len {
+        return None;
+    }
+    let m = &frame[info.records_end..info.total_len - MARK_LEN_FIELD];
+    let pos = SourcePos {
+        bytes: u64_at(m, MARK_INPUT_BYTES),
+        lines: u64_at(m, MARK_INPUT_LINES),
+        records: u64_at(m, MARK_RECORDS),
+        file: u32_at(m, MARK_FILE_INDEX),
+    };
+    Some((&m[MARK_FIXED_LEN..], pos))
 }
 
 /// Checks that `count` records tile `body` exactly.
@@ -452,7 +545,7 @@ impl<'a> RecordIter<'a> {
     /// `frame` is the whole frame (prefix included) as accepted by `check_frame`.
     pub fn new(frame: &'a [u8], info: &FrameInfo) -> Self {
         RecordIter {
-            body: &frame[FRAME_HEADER_LEN..info.total_len],
+            body: &frame[FRAME_HEADER_LEN..info.records_end],
             next_offset: info.base_offset,
             left: info.record_count,
         }
@@ -530,11 +623,20 @@ impl FrameBuilder {
 
     /// Fills in the header and CRC; returns the finished frame bytes.
     pub fn finish(&mut self) -> &[u8] {
+        self.finish_marked(None)
+    }
+
+    /// Like `finish`, ending the frame with a source mark when one is given: the mark is
+    /// under the frame's CRC, so it is durable exactly when the records are.
+    pub fn finish_marked(&mut self, mark: Option<(&str, &SourcePos)>) -> &[u8] {
+        if let Some((id, pos)) = mark {
+            pos.encode_mark(id, &mut self.buf);
+        }
         let len = (self.buf.len() - FRAME_PREFIX_LEN) as u32;
         let b = &mut self.buf;
         b[FRAME_LENGTH..FRAME_LENGTH + 4].copy_from_slice(&len.to_le_bytes());
         b[FRAME_VERSION_AT] = FRAME_VERSION;
-        b[FRAME_ATTRIBUTES] = 0;
+        b[FRAME_ATTRIBUTES] = if mark.is_some() { FRAME_ATTR_SOURCE } else { 0 };
         b[10] = 0;
         b[11] = 0;
         b[FRAME_BASE_OFFSET..FRAME_BASE_OFFSET + 8]
@@ -566,6 +668,10 @@ mod tests {
     type TestRecord = (i64, Option<Vec<u8>>, Vec<u8>, Headers);
 
     fn build(recs: &[TestRecord], base: u64) -> Vec<u8> {
+        build_marked(recs, base, None)
+    }
+
+    fn build_marked(recs: &[TestRecord], base: u64, mark: Option<(&str, &SourcePos)>) -> Vec<u8> {
         let mut fb = FrameBuilder::new();
         fb.reset(base);
         for (ts, k, v, hs) in recs {
@@ -582,7 +688,7 @@ mod tests {
                 value_is_json: false,
             });
         }
-        fb.finish().to_vec()
+        fb.finish_marked(mark).to_vec()
     }
 
     #[test]
@@ -653,6 +759,36 @@ mod tests {
             for cut in 0..frame.len() {
                 prop_assert!(!matches!(check_frame(&frame[..cut]), FrameCheck::Ok(_)));
             }
+        }
+
+        #[test]
+        fn marked_frames_round_trip(
+            id in "[A-Za-z0-9._-]{1,40}",
+            file in any::<u32>(), bytes in any::<u64>(), lines in any::<u64>(), records in any::<u64>(),
+            n in 1usize..5,
+        ) {
+            let recs: Vec<TestRecord> = (0..n).map(|i| (i as i64, None, vec![b'x'; i], vec![])).collect();
+            let pos = SourcePos { file, bytes, lines, records };
+            let frame = build_marked(&recs, 3, Some((&id, &pos)));
+            let info = match check_frame(&frame) { FrameCheck::Ok(i) => i, other => panic!("{other:?}") };
+            prop_assert_eq!(RecordIter::new(&frame, &info).count(), n);
+            prop_assert_eq!(source_mark(&frame, &info), Some((id.as_bytes(), pos)));
+            for cut in 0..frame.len() {
+                prop_assert!(!matches!(check_frame(&frame[..cut]), FrameCheck::Ok(_)));
+            }
+            let plain = build(&recs, 3);
+            let pinfo = match check_frame(&plain) { FrameCheck::Ok(i) => i, other => panic!("{other:?}") };
+            prop_assert_eq!(source_mark(&plain, &pinfo), None);
+        }
+
+        #[test]
+        fn any_flipped_bit_in_a_marked_frame_is_detected(pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mark = SourcePos { file: 1, bytes: 99, lines: 3, records: 7 };
+            let frame = build_marked(&[(5, None, b"{}".to_vec(), vec![])], 9, Some(("dump", &mark)));
+            let mut bad = frame.clone();
+            let i = pos.index(bad.len());
+            bad[i] ^= 1 << bit;
+            prop_assert!(!matches!(check_frame(&bad), FrameCheck::Ok(_)));
         }
 
         #[test]

@@ -1,7 +1,8 @@
 //! The shared segmented log: topics of partitions of segments, each a file of CRC-checked
 //! frames of records with dense offsets, plus sparse offset and time indexes that are only
 //! caches. `format` is the byte layout; `writer` owns appends, recovery and retention;
-//! `reader` serves lock-free reads; `verify` checks everything for `logd verify`.
+//! `reader` serves lock-free reads; `verify` checks everything for `logd verify`; `sources`
+//! keeps idempotent ingestion's input positions.
 
 pub mod format;
 pub mod groups;
@@ -11,6 +12,7 @@ pub mod names;
 pub mod partitioner;
 pub mod reader;
 pub mod segment;
+pub mod sources;
 pub mod topic;
 pub mod verify;
 pub mod writer;

@@ -216,6 +216,19 @@ pub fn topic(log: &topic::Log, name: &str, r: &mut Report) {
                 .push(format!("{}: partition directory missing", pd.display()));
         }
     }
+    // `produce --source` checkpoints (a damaged one is only a lost hint, but damage all the same).
+    let sd = crate::log::sources::dir(&dir);
+    for e in std::fs::read_dir(&sd).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "json") {
+            if let Err(e) = meta::read_checked::<crate::log::sources::SourceCheckpoint>(
+                &path,
+                crate::log::sources::KIND,
+            ) {
+                r.problems.push(e);
+            }
+        }
+    }
 }
 
 pub fn groups(log: &topic::Log, r: &mut Report) {

@@ -78,6 +78,10 @@ pub struct PartitionWriter {
     failed: bool,
     /// What recovery did on open, for the caller to report.
     pub recovery: Vec<String>,
+    /// `produce --source ID`: every frame ends with a mark of where the input stood
+    /// after its last record.
+    source: Option<String>,
+    mark: Option<SourcePos>,
 }
 
 fn io_err<'a>(what: &str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -124,6 +128,8 @@ impl PartitionWriter {
             unsynced: 0,
             failed: false,
             recovery,
+            source: None,
+            mark: None,
         };
         w.frame.reset(next_offset);
         Ok(w)
@@ -172,6 +178,17 @@ impl PartitionWriter {
         Ok(off)
     }
 
+    /// From now on frames carry a mark of source `id` (see `mark`).
+    pub fn set_source(&mut self, id: &str) {
+        self.source = Some(id.to_string());
+    }
+
+    /// Where the input of the source stood after the record just appended; the frame
+    /// holding that record carries the last such position as its mark.
+    pub fn mark(&mut self, pos: SourcePos) {
+        self.mark = Some(pos);
+    }
+
     /// Whether appending `rec` would seal the frame being built (sticky partitioning moves
     /// on to the next partition then, as Kafka's producer does when a batch is full).
     pub fn would_seal(&self, rec: &RecordRef<'_>) -> bool {
@@ -206,7 +223,11 @@ impl PartitionWriter {
             .encode_into(&mut self.tbuf);
         }
         self.seg.max_ts = self.seg.max_ts.max(self.frame.max_ts());
-        self.wbuf.extend_from_slice(self.frame.finish());
+        let mark = self.source.as_deref().zip(self.mark.take());
+        let frame = self
+            .frame
+            .finish_marked(mark.as_ref().map(|(id, p)| (*id, p)));
+        self.wbuf.extend_from_slice(frame);
         self.frame.reset(self.next_offset);
         Ok(())
     }

@@ -117,6 +117,11 @@ impl Ingest {
         self.max
     }
 
+    /// Whether a line read now would be data: false while a CSV input's header is due.
+    pub fn expects_data(&self) -> bool {
+        !matches!(self.format, Format::Csv) || self.csv_headers.is_some()
+    }
+
     /// Starts a new input (a new file: CSV expects a header again).
     pub fn new_source(&mut self) {
         self.csv_headers = None;

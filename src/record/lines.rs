@@ -35,6 +35,8 @@ pub struct Line<'a> {
     pub bytes: &'a [u8],
     /// The line was longer than the limit; `bytes` holds only its first bytes.
     pub oversize: bool,
+    /// Input bytes taken through this line (its newline included).
+    pub end: u64,
 }
 
 pub enum Next<'a> {
@@ -59,6 +61,14 @@ impl<R: Read> LineReader<R> {
             poll_fd,
             bytes_read: 0,
         }
+    }
+
+    /// A reader of input that starts `bytes` (and `lines` lines) into a file: line numbers
+    /// and `consumed` go on from there.
+    pub fn starting_at(mut self, lines: u64, bytes: u64) -> Self {
+        self.line_no = lines;
+        self.bytes_read = bytes;
+        self
     }
 
     pub fn line_no(&self) -> u64 {
@@ -90,6 +100,7 @@ impl<R: Read> LineReader<R> {
                         no,
                         bytes: buf,
                         oversize: true,
+                        end: self.consumed(),
                     }));
                 }
                 let mut line = &self.buf[s..e];
@@ -103,12 +114,14 @@ impl<R: Read> LineReader<R> {
                         no,
                         bytes: buf,
                         oversize: true,
+                        end: self.consumed(),
                     }));
                 }
                 return Ok(Next::Line(Line {
                     no: self.line_no,
                     bytes: line,
                     oversize: false,
+                    end: self.consumed(),
                 }));
             }
             if self.eof {
@@ -127,6 +140,7 @@ impl<R: Read> LineReader<R> {
                             no: self.line_no,
                             bytes: &self.oversize_prefix,
                             oversize: true,
+                            end: self.consumed(),
                         }));
                     }
                     let mut line = &self.buf[s..e];
@@ -137,6 +151,7 @@ impl<R: Read> LineReader<R> {
                         no: self.line_no,
                         bytes: line,
                         oversize: false,
+                        end: self.consumed(),
                     }));
                 }
                 return Ok(Next::Eof);

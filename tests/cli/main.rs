@@ -12,6 +12,7 @@ mod recovery;
 mod replay;
 mod serve;
 mod serve_load;
+mod source;
 mod store;
 mod transform;
 mod window;
