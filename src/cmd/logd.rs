@@ -77,6 +77,23 @@ that is missing, short or wrong is rebuilt from the log. Partitions held by a ru
 are skipped (the writer recovered them when it opened)."
     )]
     Recover(TopicFilter),
+    /// Repair damaged partitions: cut at the first damaged frame, optionally salvage what follows
+    #[command(
+        long_about = "Repair what `logd verify` reports as damage, which recovery on open does not \
+touch (it only cuts torn tails). Each partition is cut at its first damaged frame (a CRC \
+mismatch, a bad header, a gap): every record before the cut keeps its offset, and nothing \
+damaged is served. Without --salvage, everything after the cut is dropped (Kafka's unclean \
+recovery). With --salvage, the intact frames after the damage (found by trying every byte \
+position; the CRC makes that safe) are appended again after the cut, with new offsets: no \
+intact record is lost, but offsets after the cut change (a consumer group committed past the \
+cut resumes at the new end). The damaged segment is copied, and later segments moved, into \
+repaired-<ms>/ inside the partition directory. Each partition's line says where the damage \
+was and how many records were lost. Indexes are rebuilt from the log in every partition; a \
+damaged topic.json is rewritten with the partition count found on disk and default settings. \
+Partitions held by a running writer are skipped.\n\n\
+Exit status: 0 repaired (or nothing to repair); 1 an I/O error; 2 bad flags, no such topic."
+    )]
+    Repair(RepairArgs),
     /// Apply retention now: delete whole old segments past the topic's limits
     #[command(
         long_about = "Delete whole sealed segments that the topic's retention (bytes, age of the newest \
@@ -187,6 +204,15 @@ pub struct TopicFilter {
     /// Only these topics (default: all)
     #[arg(short = 't', long = "topic", value_name = "TOPIC")]
     pub topics: Vec<String>,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct RepairArgs {
+    #[command(flatten)]
+    pub filter: TopicFilter,
+    /// Append the intact records found after the damage again, after the cut
+    #[arg(long)]
+    pub salvage: bool,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -311,6 +337,7 @@ pub fn run(a: Args) -> Result<()> {
         Cmd::Recover(f) => per_partition(&log, &f, "recover", true, |w| {
             Ok(std::mem::take(&mut w.recovery))
         }),
+        Cmd::Repair(r) => repair(&log, r),
         Cmd::Retention(f) => per_partition(&log, &f, "retention", false, |w| {
             w.apply_retention(time::now_ms())
         }),
@@ -463,13 +490,13 @@ fn topics(log: &Log, t: TopicsCmd) -> Result<()> {
             let c = log.topic_config(&name)?;
             // Hold every partition's writer lock while the topic goes away.
             let mut held = Vec::new();
+            // Only the locks: recovery would need disk space, and a full disk is one reason
+            // to delete a topic.
             for p in 0..c.partitions {
-                held.push(PartitionWriter::open(
-                    &log.partition_dir(&name, p)?,
-                    &c,
-                    FsyncMode::Never,
-                    false,
-                )?);
+                let dir = log.partition_dir(&name, p)?;
+                if dir.is_dir() {
+                    held.push(crate::log::writer::lock_partition(&dir, false)?);
+                }
             }
             log.delete_topic_dir(&name)?;
             drop(held);
@@ -773,6 +800,59 @@ fn verify_cmd(log: &Log, v: VerifyArgs) -> Result<()> {
 }
 
 /// Opens each selected partition as its writer (skipping held ones) and runs `f`.
+fn repair(log: &Log, r: RepairArgs) -> Result<()> {
+    let topics = if r.filter.topics.is_empty() {
+        log.list_topics()?
+    } else {
+        r.filter.topics.clone()
+    };
+    let (mut lost, mut damaged) = (0, 0);
+    for t in topics {
+        let cfg = match log.topic_config(&t) {
+            Ok(c) => c,
+            Err(Error::Data(why)) => {
+                // The partition count is on disk as directories; the rest goes back to defaults.
+                let dir = log.topic_dir(&t)?;
+                let n = (0..10_000u32)
+                    .take_while(|p| dir.join(p.to_string()).is_dir())
+                    .count() as u32;
+                let cfg = TopicConfig::new(n.max(1));
+                log.set_topic_config(&t, &cfg)?;
+                stdout_line(&format!(
+                    "{t}: {why}; rewrote topic.json with {} partitions and default settings (see `logd topics describe`)",
+                    cfg.partitions
+                ))?;
+                cfg
+            }
+            Err(e) => return Err(e),
+        };
+        for p in 0..cfg.partitions {
+            let dir = log.partition_dir(&t, p)?;
+            if !dir.is_dir() {
+                continue;
+            }
+            match crate::log::repair::partition(&dir, &cfg, r.salvage) {
+                Ok(o) => {
+                    for n in &o.notes {
+                        stdout_line(&format!("{t}/{p}: {n}"))?;
+                    }
+                    if o.damaged {
+                        damaged += 1;
+                        lost += o.lost;
+                    }
+                }
+                Err(Error::Setup(m)) if m.contains("locked") => {
+                    stdout_line(&format!("{t}/{p}: skipped by repair: a writer holds it"))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    stdout_line(&format!(
+        "repaired {damaged} damaged partitions; {lost} records lost"
+    ))
+}
+
 fn per_partition(
     log: &Log,
     filter: &TopicFilter,

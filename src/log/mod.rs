@@ -11,6 +11,7 @@ pub mod meta;
 pub mod names;
 pub mod partitioner;
 pub mod reader;
+pub mod repair;
 pub mod segment;
 pub mod sources;
 pub mod topic;

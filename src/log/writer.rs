@@ -111,6 +111,18 @@ impl PartitionWriter {
     ) -> Result<PartitionWriter> {
         fs::create_dir_all(dir).map_err(|e| setup(format!("{}: {e}", dir.display())))?;
         let lock = lock_partition(dir, wait)?;
+        Self::open_locked(dir, cfg, fsync, lock, full)
+    }
+
+    /// Opens a partition whose lock the caller already holds (`logd repair` edits the files
+    /// first, under the same lock).
+    pub fn open_locked(
+        dir: &Path,
+        cfg: &TopicConfig,
+        fsync: FsyncMode,
+        lock: Flock<File>,
+        full: bool,
+    ) -> Result<PartitionWriter> {
         let mut recovery = Vec::new();
         let seg = recover(dir, fsync, full, &mut recovery)?;
         let next_offset = seg.1;
@@ -245,6 +257,10 @@ impl PartitionWriter {
         }
         if let Err(e) = self.seg.file.write_all(&self.wbuf) {
             self.failed = true;
+            // A short write (a full disk) leaves part of a frame: take it back, so the file
+            // ends at its last whole frame and the space is free again. If even that fails,
+            // the next open's recovery cuts it.
+            let _ = self.seg.file.set_len(self.seg.len);
             return Err(Error::io(
                 format!("appending to {}", self.seg.path.display()),
                 e,
@@ -411,7 +427,7 @@ pub fn try_lock_partition(dir: &Path) -> Result<bool> {
     Ok(Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok())
 }
 
-fn lock_partition(dir: &Path, wait: bool) -> Result<Flock<File>> {
+pub fn lock_partition(dir: &Path, wait: bool) -> Result<Flock<File>> {
     let path = dir.join(LOCK_FILE);
     let f = OpenOptions::new()
         .create(true)
@@ -651,7 +667,10 @@ fn recover(
         };
         idx.offsets.extend(&s.index.offsets);
         idx.times.extend(&s.index.times);
-        if idx.offsets != old || idx.times != old_t {
+        let missing = [INDEX_SUFFIX, TIMEINDEX_SUFFIX]
+            .iter()
+            .any(|x| !path.with_extension(x).exists());
+        if idx.offsets != old || idx.times != old_t || missing {
             if !old.is_empty() || s.frames > 0 {
                 notes.push(format!("rebuilt indexes of {}", path.display()));
             }

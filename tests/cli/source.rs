@@ -63,7 +63,10 @@ fn kill_and_rerun(env: &Env, topic: &str, file: &str, extra: &[&str], kills: u64
         let status = child.wait().unwrap();
         interrupted += u64::from(status.signal().is_some());
     }
-    assert!(interrupted > 0, "{topic}: every run finished before its kill");
+    assert!(
+        interrupted > 0,
+        "{topic}: every run finished before its kill"
+    );
     env.ok("produce", &args, b"");
 }
 
