@@ -6,6 +6,7 @@
 //! take a slower path that builds the value.
 
 use crate::record::json::scalar_text;
+use crate::record::scan::MAX_DEPTH;
 use crate::record::time;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -182,10 +183,45 @@ pub fn find<'a>(
     };
     let (k, t) = seed.deserialize(&mut de).map_err(json_error)?;
     de.end().map_err(json_error)?;
+    // Skipped members are not depth-checked by serde; what enters the log must parse in
+    // every tool. Nesting past the limit needs twice as many bytes of brackets.
+    if line.len() > 2 * MAX_DEPTH && too_deep(line) {
+        return Err(format!(
+            "invalid JSON: nested deeper than {MAX_DEPTH} levels"
+        ));
+    }
     Ok(Found {
         key: k.map(|r| RawText::Borrowed(r.get())),
         ts: t.map(|r| RawText::Borrowed(r.get())),
     })
+}
+
+/// Whether valid JSON text nests arrays and objects deeper than `MAX_DEPTH`.
+fn too_deep(text: &[u8]) -> bool {
+    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+    for &b in text {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn json_error(e: serde_json::Error) -> String {
@@ -231,6 +267,25 @@ mod tests {
 
     fn fp(s: &str) -> FieldPath {
         FieldPath::parse(s)
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused() {
+        let ok = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        assert!(find(ok.as_bytes(), None, None).is_ok());
+        let deep = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        let e = find(deep.as_bytes(), None, None).err().unwrap();
+        assert!(e.contains("nested deeper"), "{e}");
+        let in_string = format!("{{\"a\":\"{}\"}}", "[".repeat(5000));
+        assert!(find(in_string.as_bytes(), None, None).is_ok());
     }
 
     #[test]

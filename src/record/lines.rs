@@ -1,6 +1,7 @@
 //! Splits an input into lines with bounded memory: a line longer than the limit is not kept
 //! whole (its first bytes are, for the error report) and reading goes on after it. Line
-//! numbers count from 1. A trailing `\r` (CRLF input) is not part of the line.
+//! numbers count from 1. A trailing `\r` (CRLF input) is not part of the line, nor is a
+//! UTF-8 byte order mark at the start of the input.
 //!
 //! `Next::Idle` tells a live tool that nothing more is ready on a pipe, so it can flush what
 //! it holds before blocking: that is what keeps `produce | consume --follow` pipelines live.
@@ -11,6 +12,9 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
 const CHUNK: usize = 1 << 20;
+/// A UTF-8 byte order mark, which some Windows tools put at the start of a file: skipped
+/// there, and only there.
+const BOM: &[u8] = b"\xef\xbb\xbf";
 /// How much of an oversize line is kept for the error report.
 pub const OVERSIZE_PREFIX: usize = 1024;
 
@@ -107,6 +111,9 @@ impl<R: Read> LineReader<R> {
                 if line.last() == Some(&b'\r') {
                     line = &line[..line.len() - 1];
                 }
+                if self.line_no == 1 {
+                    line = line.strip_prefix(BOM).unwrap_or(line);
+                }
                 if line.len() > self.max {
                     self.oversize_prefix = line[..OVERSIZE_PREFIX.min(line.len())].to_vec();
                     let (buf, no) = (&self.oversize_prefix, self.line_no);
@@ -146,6 +153,9 @@ impl<R: Read> LineReader<R> {
                     let mut line = &self.buf[s..e];
                     if line.last() == Some(&b'\r') {
                         line = &line[..line.len() - 1];
+                    }
+                    if self.line_no == 1 {
+                        line = line.strip_prefix(BOM).unwrap_or(line);
                     }
                     return Ok(Next::Line(Line {
                         no: self.line_no,
@@ -260,6 +270,19 @@ mod tests {
                 (4, b"ccc".to_vec(), false)
             ]
         );
+    }
+
+    #[test]
+    fn a_bom_is_skipped_at_the_start_only() {
+        let v = lines(b"\xef\xbb\xbfa\n\xef\xbb\xbfb\n", 10);
+        assert_eq!(
+            v,
+            vec![
+                (1, b"a".to_vec(), false),
+                (2, b"\xef\xbb\xbfb".to_vec(), false)
+            ]
+        );
+        assert_eq!(lines(b"\xef\xbb\xbf", 10), vec![(1, vec![], false)]);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! (compact, no escapes, no duplicate keys, no `-0`), so its text can be copied as is.
 
 /// Nesting limit, the same as the value parser's.
-const MAX_DEPTH: usize = 512;
+pub const MAX_DEPTH: usize = 512;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

@@ -2,6 +2,7 @@
 
 mod common;
 mod fixtures;
+mod hostile;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod logd;
