@@ -11,6 +11,9 @@ corrupt  flips bits or zeroes ranges in segments, indexes, time indexes, topic.j
          serve only intact records, and that `logd recover`/`logd repair` make it clean.
 disk     fills a small tmpfs (needs root) during `produce` and `store`: exit 1, a clear
          message, nothing partial visible, and appends work again once space is freed.
+concurrency  a writer on every partition, 8 readers following, retention deleting segments
+         under them and `logd verify` in a loop, for 60 s (short: 15 s): no crash, no SIGBUS,
+         no reader error, every record read or reported as removed by retention.
 
 Exit status 1 when any check fails; the failures are listed after the table.
 """
@@ -318,6 +321,100 @@ def corrupt(trials, work, rng):
                      % (s["detected"], s["trials"], s["served_bad"], repaired)))
 
 
+# ---------------------------------------------------------------- concurrency
+
+def concurrency(seconds, work, rng):
+    import threading
+    log = os.path.join(work, "conc")
+    parts = 4
+    run([tool("logd"), "--log", log, "topics", "create", "c", "--partitions", str(parts),
+         "--segment-bytes", "256KiB", "--retention-bytes", "1MiB"], check=True)
+    readers = []
+    for r in range(8):
+        p = subprocess.Popen([tool("consume"), "--log", log, "-t", "c", "--follow", "--value"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        readers.append(p)
+    seen = [[{} for _ in range(parts)] for _ in readers]  # last seq and count per partition
+    problems = []
+
+    def read(r, p):
+        last = [-1] * parts
+        count = [0] * parts
+        pat = re.compile(rb'^\{"p":(\d+),"s":(\d+),')
+        for line in p.stdout:
+            try:
+                m = pat.match(line)
+                part, seq = int(m.group(1)), int(m.group(2))
+            except (AttributeError, ValueError):
+                problems.append("reader %d: not a record: %r" % (r, line[:100]))
+                continue
+            if seq <= last[part]:
+                problems.append("reader %d: partition %d: %d after %d" % (r, part, seq, last[part]))
+            last[part] = seq
+            count[part] += 1
+        seen[r] = (last, count)
+
+    threads = [threading.Thread(target=read, args=(r, p)) for r, p in enumerate(readers)]
+    for t in threads:
+        t.start()
+    writers = [subprocess.Popen([tool("produce"), "--log", log, "-t", "c", "--partition", str(p), "-q"],
+                                stdin=subprocess.PIPE, stderr=subprocess.PIPE) for p in range(parts)]
+    verifies = [0, 0]
+    stop = time.monotonic() + seconds
+
+    def verify_loop():
+        while time.monotonic() < stop:
+            v = run([tool("logd"), "--log", log, "verify", "-t", "c"])
+            verifies[0] += 1
+            if v.returncode != 0:
+                verifies[1] += 1
+                problems.append("verify during the run: exit %d: %s" % (v.returncode, v.stdout.decode()[-300:]))
+
+    vt = threading.Thread(target=verify_loop)
+    vt.start()
+    produced = [0] * parts
+    pad = "y" * 80
+    while time.monotonic() < stop:
+        for p, w in enumerate(writers):
+            chunk = "".join('{"p":%d,"s":%d,"pad":"%s"}\n' % (p, produced[p] + i, pad) for i in range(250))
+            w.stdin.write(chunk.encode())
+            w.stdin.flush()
+            produced[p] += 250
+        time.sleep(0.025)
+    for w in writers:
+        w.stdin.close()
+        if w.wait() != 0:
+            problems.append("writer exit %d: %s" % (w.returncode, w.stderr.read().decode()))
+    vt.join()
+    time.sleep(3)  # readers catch up with the last records
+    for p in readers:
+        p.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(timeout=30)
+    skipped_total = 0
+    for r, p in enumerate(readers):
+        p.wait()
+        err = p.stderr.read().decode()
+        if p.returncode not in (0, 130, 143):
+            problems.append("reader %d exit %s (signal %s): %s" % (r, p.returncode, -p.returncode if p.returncode < 0 else "-", err[-300:]))
+        skipped = [0] * parts
+        for m in re.finditer(r"partition (\d+): (\d+) records were removed by retention", err):
+            skipped[int(m.group(1))] += int(m.group(2))
+        last, count = seen[r]
+        for q in range(parts):
+            skipped_total += skipped[q]
+            if count[q] + skipped[q] != produced[q]:
+                problems.append("reader %d partition %d: read %d + removed by retention %d != written %d"
+                                % (r, q, count[q], skipped[q], produced[q]))
+    for pr in sorted(problems, key=lambda x: x.startswith("verify"))[:20]:
+        fail("concurrency: " + pr)
+    segs = sum(1 for dp, _, fs in os.walk(os.path.join(log, "topics", "c")) for f in fs if f.endswith(".log"))
+    ROWS.append(("concurrency", "%d s: %d writers, 8 followers, retention 1 MiB/partition, %d verify runs"
+                 % (seconds, parts, verifies[0]),
+                 "%d records written; problems %d; verify failures %d; reads skipped by retention %d; %d segments left"
+                 % (sum(produced), len(problems), verifies[1], skipped_total, segs)))
+
+
 # ---------------------------------------------------------------- full disk
 
 def disk(work, rng):
@@ -382,7 +479,7 @@ def disk(work, rng):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--short", action="store_true", help="the CI version: fewer kills and trials")
-    ap.add_argument("--only", default="crash,corrupt,disk")
+    ap.add_argument("--only", default="crash,corrupt,disk,concurrency")
     ap.add_argument("--bin", help="directory of the release binaries")
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--kills", type=int, help="kills per fsync mode (default 100, short 10)")
@@ -402,6 +499,8 @@ def main():
             corrupt(a.trials or (150 if a.short else 1000), work, rng)
         if "disk" in only:
             disk(work, rng)
+        if "concurrency" in only:
+            concurrency(15 if a.short else 60, work, rng)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("| check | run | result |")

@@ -287,6 +287,21 @@ impl PartitionReader {
                         seg.map.bytes()[pos..].iter().all(|&b| b == 0)
                     };
                     let torn = matches!(check, FrameCheck::Incomplete) || zero_tail;
+                    // The mapping may predate the segment's last frames (written just before
+                    // the writer rolled): look at the file as it is now first.
+                    if torn && self.remap_if_grown(len)? {
+                        continue;
+                    }
+                    if next_base.is_some() && torn {
+                        // Retention may have removed this segment and the ones after it
+                        // while they were being read: move on to what is left.
+                        self.refresh_segments()?;
+                        let base = self.cur.as_ref().map_or(0, |s| s.base);
+                        if self.segments.binary_search(&base).is_err() {
+                            self.cur = None;
+                            continue;
+                        }
+                    }
                     if next_base.is_some() {
                         let why = match &check {
                             FrameCheck::Corrupt(w) if !zero_tail => w.clone(),

@@ -20,6 +20,17 @@ pub struct Report {
     pub bytes: u64,
 }
 
+/// Whether the partition's writer lock names a running process. Taking the lock to find out
+/// would make a writer starting at that moment fail.
+fn writer_running(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(".lock"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .is_some_and(|pid| {
+            pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        })
+}
+
 /// Verifies one partition directory.
 pub fn partition(dir: &Path, r: &mut Report) {
     let bases = match segment::list_segments(dir) {
@@ -30,6 +41,7 @@ pub fn partition(dir: &Path, r: &mut Report) {
             return;
         }
     };
+    let live = writer_running(dir);
     let cp_path = dir.join("checkpoint.json");
     if let Err(e) = meta::read_checked::<writer::Checkpoint>(&cp_path, writer::CHECKPOINT_KIND) {
         r.problems.push(e);
@@ -38,9 +50,24 @@ pub fn partition(dir: &Path, r: &mut Report) {
     for (i, &base) in bases.iter().enumerate() {
         let last = i + 1 == bases.len();
         let path = log_path(dir, base);
+        // Indexes first: a writer writes entries after the log bytes they point to, so
+        // entries read now point into what the log mapping below will show.
+        let idx = (
+            [INDEX_SUFFIX, TIMEINDEX_SUFFIX]
+                .iter()
+                .any(|x| !path.with_extension(x).exists()),
+            index::read_offsets(&path.with_extension(INDEX_SUFFIX), base),
+            index::read_times(&path.with_extension(TIMEINDEX_SUFFIX), base),
+        );
         r.segments += 1;
         let file = match File::open(&path) {
             Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Retention removed it since the listing (only ever the oldest ones).
+                r.segments -= 1;
+                expect = None;
+                continue;
+            }
             Err(e) => {
                 r.problems.push(format!("{}: {e}", path.display()));
                 continue;
@@ -62,6 +89,13 @@ pub fn partition(dir: &Path, r: &mut Report) {
                     "{}: position 0: header names base offset {}",
                     path.display(),
                     h.base_offset
+                ));
+                continue;
+            }
+            Err(_) if last && live && b.len() < FILE_HEADER_LEN => {
+                r.notes.push(format!(
+                    "{}: being created by the running writer",
+                    path.display()
                 ));
                 continue;
             }
@@ -109,6 +143,11 @@ pub fn partition(dir: &Path, r: &mut Report) {
                 s.next_offset,
                 limit.unwrap_or(0)
             )),
+            ScanStop::Incomplete if last && live => r.notes.push(format!(
+                "{}: position {}: a frame being written by the running writer",
+                path.display(),
+                s.end
+            )),
             ScanStop::Incomplete => r.problems.push(format!(
                 "{}: position {} (offset {}): torn tail, {} bytes of an incomplete frame",
                 path.display(),
@@ -124,20 +163,48 @@ pub fn partition(dir: &Path, r: &mut Report) {
             )),
         }
         expect = Some(s.next_offset);
-        check_index(&path, base, &s, last, r);
+        check_index(&path, idx, &s, last, last && live, r);
     }
 }
 
-fn check_index(path: &Path, base: u64, s: &segment::Scan, last: bool, r: &mut Report) {
+/// (an index file is missing, the offset index, the time index), read before the log.
+type IndexRead = (
+    bool,
+    Result<Vec<index::IndexEntry>, String>,
+    Result<Vec<index::TimeEntry>, String>,
+);
+
+/// `writing`: the active segment of a running writer, whose indexes may be mid-creation.
+fn check_index(
+    path: &Path,
+    idx: IndexRead,
+    s: &segment::Scan,
+    last: bool,
+    writing: bool,
+    r: &mut Report,
+) {
     let ip = path.with_extension(INDEX_SUFFIX);
     let tp = path.with_extension(TIMEINDEX_SUFFIX);
-    let (offs, times) = match (index::read_offsets(&ip, base), index::read_times(&tp, base)) {
-        (Ok(o), Ok(t)) => (o, t),
-        (Err(e), _) => {
+    let (offs, times) = match idx {
+        (false, Ok(o), Ok(t)) => (o, t),
+        // Indexes are caches: a missing one is rebuilt from the log, nothing is lost.
+        (true, _, _) => {
+            r.notes.push(format!(
+                "{}: index missing (rebuilt by recovery)",
+                path.display()
+            ));
+            return;
+        }
+        (_, Err(e), _) | (_, _, Err(e)) if writing => {
+            r.notes
+                .push(format!("{}: {e} (being written)", ip.display()));
+            return;
+        }
+        (_, Err(e), _) => {
             r.problems.push(format!("{}: {e}", ip.display()));
             return;
         }
-        (_, Err(e)) => {
+        (_, _, Err(e)) => {
             r.problems.push(format!("{}: {e}", tp.display()));
             return;
         }
