@@ -15,6 +15,7 @@ use std::path::PathBuf;
 /// Runs a tool: parses its arguments with `cmd`, calls `run`, prints any error as
 /// `tool: message` and exits with the documented code. Never returns.
 pub fn main<A: FromArgMatches>(cmd: Command, run: fn(A) -> crate::Result<()>) -> ! {
+    crate::log::trace::setup();
     let name = cmd.get_name().to_string();
     let matches: ArgMatches = cmd.get_matches_from(split_on_error(std::env::args_os()));
     let args = match A::from_arg_matches(&matches) {

@@ -934,10 +934,17 @@ impl Producer {
             self.pb.set_position(self.records);
         }
         match self.fsync {
-            FsyncMode::Always => self.writers[part as usize]
-                .as_mut()
-                .expect("opened above")
-                .sync()?,
+            FsyncMode::Always => {
+                self.writers[part as usize]
+                    .as_mut()
+                    .expect("opened above")
+                    .sync()?;
+                // Every record is durable; say so now and then, not after each one.
+                if self.last_sync.elapsed() >= SYNC_INTERVAL {
+                    self.last_sync = Instant::now();
+                    self.durable_point(false)?;
+                }
+            }
             FsyncMode::Batch if self.records % 1024 == 0 && self.unsynced() >= SYNC_BYTES => {
                 self.sync_all()?
             }

@@ -179,6 +179,8 @@ fn replace(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
     fs::write(&tmp, bytes)?;
+    crate::log::trace::created(&tmp);
+    crate::log::trace::renaming(&tmp, path);
     fs::rename(&tmp, path)
 }
 

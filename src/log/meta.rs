@@ -7,6 +7,7 @@
 //! {"kind":"kappa.topic","version":1,"crc32":3735928559,"body":{...}}
 //! ```
 
+use crate::log::trace;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -35,7 +36,9 @@ struct In<'a> {
 
 /// fsync a directory so that entries created or renamed in it survive a power cut.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    trace::dir_synced(dir);
+    Ok(())
 }
 
 /// Replaces `path` with `bytes` atomically and durably.
@@ -49,9 +52,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let r = (|| {
         let mut f = File::create(&tmp)?;
+        trace::created(&tmp);
         f.write_all(bytes)?;
+        trace::crash_point("atomic-write-before-sync");
         f.sync_all()?;
+        trace::synced(&tmp, bytes.len() as u64);
+        trace::crash_point("atomic-write-before-rename");
+        trace::renaming(&tmp, path);
         fs::rename(&tmp, path)?;
+        trace::crash_point("atomic-rename-before-dirsync");
         fsync_dir(dir)
     })();
     if r.is_err() {

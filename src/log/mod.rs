@@ -15,6 +15,7 @@ pub mod repair;
 pub mod segment;
 pub mod sources;
 pub mod topic;
+pub mod trace;
 pub mod verify;
 pub mod writer;
 

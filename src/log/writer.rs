@@ -14,6 +14,7 @@ use crate::log::index::{self, IndexEntry, IndexPolicy, SegmentIndex, TimeEntry};
 use crate::log::meta;
 use crate::log::segment::{self, log_path, Mapped, ScanStop};
 use crate::log::topic::TopicConfig;
+use crate::log::trace;
 use crate::record::time::now_ms;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -269,13 +270,13 @@ impl PartitionWriter {
         self.seg.len += self.wbuf.len() as u64;
         self.unsynced += self.wbuf.len() as u64;
         self.wbuf.clear();
+        trace::crash_point("log-written-before-index");
         // Index entries go after the log bytes they point to; a crash in between leaves a
         // short index, which recovery completes.
-        let r = self
-            .seg
-            .index
-            .write_all(&self.ibuf)
-            .and_then(|_| self.seg.timeindex.write_all(&self.tbuf));
+        let r = self.seg.index.write_all(&self.ibuf).and_then(|_| {
+            trace::crash_point("index-written-before-timeindex");
+            self.seg.timeindex.write_all(&self.tbuf)
+        });
         self.ibuf.clear();
         self.tbuf.clear();
         if let Err(e) = r {
@@ -299,6 +300,7 @@ impl PartitionWriter {
         if self.unsynced == 0 {
             return Ok(());
         }
+        trace::crash_point("written-before-fsync");
         if let Err(e) = self.seg.file.sync_data() {
             self.failed = true;
             return Err(Error::io(
@@ -306,6 +308,7 @@ impl PartitionWriter {
                 e,
             ));
         }
+        trace::synced(&self.seg.path, self.seg.len);
         self.unsynced = 0;
         Ok(())
     }
@@ -473,6 +476,7 @@ fn create_segment(dir: &Path, base: u64, sync: bool) -> Result<Active> {
         .append(true)
         .open(&path)
         .map_err(io_err("creating", &path))?;
+    trace::created(&path);
     f.write_all(
         &FileHeader {
             magic: *LOG_MAGIC,
@@ -484,6 +488,8 @@ fn create_segment(dir: &Path, base: u64, sync: bool) -> Result<Active> {
     .map_err(io_err("writing", &path))?;
     if sync {
         f.sync_all().map_err(io_err("fsync of", &path))?;
+        trace::synced(&path, FILE_HEADER_LEN as u64);
+        trace::crash_point("segment-created-before-dirsync");
         meta::fsync_dir(dir).map_err(io_err("syncing", dir))?;
     }
     index::write_files(&path, base, &SegmentIndex::default(), created_ms, false)

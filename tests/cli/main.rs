@@ -8,6 +8,8 @@ mod kafka;
 mod logd;
 mod man;
 mod names;
+#[cfg(feature = "failpoints")]
+mod powercut;
 mod produce_consume;
 mod recovery;
 mod replay;
