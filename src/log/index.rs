@@ -85,7 +85,16 @@ impl Default for IndexPolicy {
 /// Reads an index file. A trailing partial entry (a write in progress or torn) is ignored;
 /// a bad header is an error (the caller rebuilds or scans instead).
 pub fn read_offsets(path: &Path, base_offset: u64) -> Result<Vec<IndexEntry>, String> {
-    let b = read_with_header(path, INDEX_MAGIC, base_offset)?;
+    parse_offsets(&fs::read(path).map_err(|e| e.to_string())?, base_offset)
+}
+
+pub fn read_times(path: &Path, base_offset: u64) -> Result<Vec<TimeEntry>, String> {
+    parse_times(&fs::read(path).map_err(|e| e.to_string())?, base_offset)
+}
+
+/// The entries of an offset index file's bytes (see `read_offsets`).
+pub fn parse_offsets(file: &[u8], base_offset: u64) -> Result<Vec<IndexEntry>, String> {
+    let b = entries(file, INDEX_MAGIC, base_offset)?;
     Ok(b.chunks_exact(INDEX_ENTRY_LEN)
         .map(|c| IndexEntry {
             offset: u64_at(c, 0),
@@ -94,8 +103,9 @@ pub fn read_offsets(path: &Path, base_offset: u64) -> Result<Vec<IndexEntry>, St
         .collect())
 }
 
-pub fn read_times(path: &Path, base_offset: u64) -> Result<Vec<TimeEntry>, String> {
-    let b = read_with_header(path, TIMEINDEX_MAGIC, base_offset)?;
+/// The entries of a time index file's bytes.
+pub fn parse_times(file: &[u8], base_offset: u64) -> Result<Vec<TimeEntry>, String> {
+    let b = entries(file, TIMEINDEX_MAGIC, base_offset)?;
     Ok(b.chunks_exact(TIMEINDEX_ENTRY_LEN)
         .map(|c| TimeEntry {
             max_ts_before: i64_at(c, 0),
@@ -105,17 +115,16 @@ pub fn read_times(path: &Path, base_offset: u64) -> Result<Vec<TimeEntry>, Strin
         .collect())
 }
 
-fn read_with_header(path: &Path, magic: &[u8; 8], base_offset: u64) -> Result<Vec<u8>, String> {
-    let mut b = fs::read(path).map_err(|e| e.to_string())?;
-    let h = FileHeader::decode(&b, magic)?;
+/// The bytes after a checked file header.
+fn entries<'a>(b: &'a [u8], magic: &[u8; 8], base_offset: u64) -> Result<&'a [u8], String> {
+    let h = FileHeader::decode(b, magic)?;
     if h.base_offset != base_offset {
         return Err(format!(
             "header names base offset {} instead of {base_offset}",
             h.base_offset
         ));
     }
-    b.drain(..FILE_HEADER_LEN);
-    Ok(b)
+    Ok(&b[FILE_HEADER_LEN..])
 }
 
 /// Whether entries are plausible for a log whose valid frames end at `valid_len`: strictly

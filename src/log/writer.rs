@@ -683,6 +683,20 @@ fn recover(
             index::write_files(&path, base, &idx, created_ms, false)
                 .map_err(io_err("rebuilding index of", &path))?;
         }
+        if !last && matches!(s.stop, ScanStop::Corrupt(_)) {
+            // Damage inside a sealed segment is not what a crash leaves (sealed segments
+            // were synced before the next one began): cutting here would drop every later
+            // segment. Readers stop at it, `logd verify` reports it, `logd repair` decides.
+            notes.push(format!(
+                "{}: damage at position {} (offset {}) left for `logd repair`",
+                path.display(),
+                s.end,
+                s.next_offset
+            ));
+            expect = None;
+            i += 1;
+            continue;
+        }
         let clean = matches!(s.stop, ScanStop::End | ScanStop::Limit)
             && (last || s.stop == ScanStop::Limit);
         if clean {

@@ -254,6 +254,11 @@ fn repair_cuts_or_salvages_a_damaged_sealed_segment() {
     fs::write(&victim, &bytes).unwrap();
     let v = e.run("logd", &["verify"], b"");
     assert_eq!(v.status.code(), Some(1));
+    // Recovery leaves such damage alone: no later segment is dropped.
+    let r = e.ok("logd", &["recover"], b"");
+    assert!(r.contains("left for `logd repair`"), "{r}");
+    assert_eq!(segment_files(&dir, "log").len(), segs.len());
+    assert_eq!(e.run("logd", &["verify"], b"").status.code(), Some(1));
     let copy = Env::new();
     copy_dir(&e.log(), &copy.log());
 
