@@ -489,6 +489,7 @@ def main():
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--kills", type=int, help="kills per fsync mode (default 100, short 10)")
     ap.add_argument("--trials", type=int, help="corruption trials (default 1000, short 150)")
+    ap.add_argument("--rows", help="a file of more table rows (other checks' results) to print")
     a = ap.parse_args()
     global BIN
     if a.bin:
@@ -512,6 +513,11 @@ def main():
     print("| --- | --- | --- |")
     for r in ROWS:
         print("| %s | %s | %s |" % r)
+    if a.rows and os.path.exists(a.rows):
+        for line in open(a.rows):
+            print(line.rstrip("\n"))
+            if "FAILED" in line:
+                FAILURES.append(line.strip())
     print("\nseed %d, %.0f s, %d failures" % (a.seed, time.monotonic() - t0, len(FAILURES)))
     for f in FAILURES[:50]:
         print("FAIL " + f)
