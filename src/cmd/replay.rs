@@ -300,23 +300,7 @@ fn replay_log(
             )));
         }
     }
-    let from = a
-        .from
-        .as_deref()
-        .map(parse_start)
-        .transpose()?
-        .unwrap_or(Start::Earliest);
-    if matches!(from, Start::Latest | Start::Last(_)) {
-        return Err(usage("--from takes earliest, OFFSET or @TIME"));
-    }
-    let to =
-        a.to.as_deref()
-            .map(parse_start)
-            .transpose()?
-            .unwrap_or(Start::Latest);
-    if matches!(to, Start::Earliest | Start::Last(_)) {
-        return Err(usage("--to takes latest, OFFSET or @TIME"));
-    }
+    let (from, to) = range(a)?;
     let committed = match (&a.group, a.from_committed) {
         (Some(g), true) => {
             crate::log::names::validate("group", g)?;
@@ -394,33 +378,74 @@ fn replay_log(
             let cursors = std::mem::take(&mut cursors);
             write_in_parallel(cursors, &topic_json, a.value, out, pb)?;
         }
-        Order::Partition => {
-            for c in &mut cursors {
-                loop {
-                    c.fill(&topic_json, a.value)?;
-                    if c.queue.is_empty() {
-                        break;
-                    }
-                    emit(c, out, pacer)?;
-                }
+        _ => merge(
+            &mut cursors,
+            a.order == Order::Time,
+            out,
+            pacer,
+            |c, _| {
+                c.fill(&topic_json, a.value)?;
+                Ok(c.queue.front().map(|&(ts, off, ..)| (ts, c.p, off)))
+            },
+            &mut emit,
+        )?,
+    }
+    Ok(())
+}
+
+/// --from and --to, checked alike for a log, a server and a cluster.
+fn range(a: &Args) -> Result<(Start, Start)> {
+    let from = a
+        .from
+        .as_deref()
+        .map(parse_start)
+        .transpose()?
+        .unwrap_or(Start::Earliest);
+    if matches!(from, Start::Latest | Start::Last(_)) {
+        return Err(usage("--from takes earliest, OFFSET or @TIME"));
+    }
+    let to =
+        a.to.as_deref()
+            .map(parse_start)
+            .transpose()?
+            .unwrap_or(Start::Latest);
+    if matches!(to, Start::Earliest | Start::Last(_)) {
+        return Err(usage("--to takes latest, OFFSET or @TIME"));
+    }
+    Ok((from, to))
+}
+
+/// Writes the records of `sources` (local partitions, server streams, Kafka partitions) in
+/// partition order, one source after the other, or in time order, a k-way merge on
+/// (timestamp, partition, offset). `head` readies a source's next record and says where it
+/// sorts (None: the source is done); `emit` writes that record.
+fn merge<S>(
+    sources: &mut [S],
+    time_order: bool,
+    out: &mut Output,
+    pacer: &mut Pacer,
+    mut head: impl FnMut(&mut S, &mut Output) -> Result<Option<(i64, u32, u64)>>,
+    mut emit: impl FnMut(&mut S, &mut Output, &mut Pacer) -> Result<()>,
+) -> Result<()> {
+    if !time_order {
+        for s in sources.iter_mut() {
+            while head(s, out)?.is_some() {
+                emit(s, out, pacer)?;
             }
         }
-        Order::Time => {
-            let mut heap = BinaryHeap::new();
-            for (i, c) in cursors.iter_mut().enumerate() {
-                c.fill(&topic_json, a.value)?;
-                if let Some(&(ts, off, ..)) = c.queue.front() {
-                    heap.push(Reverse((ts, c.p, off, i)));
-                }
-            }
-            while let Some(Reverse((_, _, _, i))) = heap.pop() {
-                let c = &mut cursors[i];
-                emit(c, out, pacer)?;
-                c.fill(&topic_json, a.value)?;
-                if let Some(&(ts, off, ..)) = c.queue.front() {
-                    heap.push(Reverse((ts, c.p, off, i)));
-                }
-            }
+        return Ok(());
+    }
+    let mut heap = BinaryHeap::new();
+    for (i, s) in sources.iter_mut().enumerate() {
+        if let Some((ts, p, off)) = head(s, out)? {
+            heap.push(Reverse((ts, p, off, i)));
+        }
+    }
+    while let Some(Reverse((_, _, _, i))) = heap.pop() {
+        let s = &mut sources[i];
+        emit(s, out, pacer)?;
+        if let Some((ts, p, off)) = head(s, out)? {
+            heap.push(Reverse((ts, p, off, i)));
         }
     }
     Ok(())

@@ -26,20 +26,8 @@ pub(super) fn run(
     out: &mut Output,
 ) -> Result<()> {
     crate::log::names::validate("topic", topic)?;
-    let from = a
-        .from
-        .as_deref()
-        .map(parse_start)
-        .transpose()?
-        .unwrap_or(Start::Earliest);
-    if matches!(from, Start::Latest | Start::Last(_)) {
-        return Err(usage("--from takes earliest, OFFSET or @TIME"));
-    }
-    let to = a.to.as_deref().map(parse_start).transpose()?;
-    if matches!(to, Some(Start::Earliest | Start::Last(_))) {
-        return Err(usage("--to takes latest, OFFSET or @TIME"));
-    }
-    let end = RangeEnd::of(to.as_ref(), false);
+    let (from, to) = super::range(a)?;
+    let end = RangeEnd::of(Some(&to), false);
     let c = crate::kafka::read::consumer(&cluster)?;
     let partitions = cluster
         .partitions(c.client(), topic)?
@@ -92,35 +80,21 @@ pub(super) fn run(
         }
         Ok(())
     };
-    let r = (|| -> Result<()> {
-        match a.order {
-            Order::Partition => {
-                for part in &mut parts {
-                    while advance(&cluster, &topic_json, a.value, part, out)? {
-                        emit(part, out, pacer)?;
-                    }
-                }
-            }
-            Order::Time => {
-                let mut heap = BinaryHeap::new();
-                for (i, part) in parts.iter_mut().enumerate() {
-                    if advance(&cluster, &topic_json, a.value, part, out)? {
-                        let (ts, off) = part.head.unwrap_or_default();
-                        heap.push(Reverse((ts, part.range.p, off, i)));
-                    }
-                }
-                while let Some(Reverse((_, _, _, i))) = heap.pop() {
-                    let part = &mut parts[i];
-                    emit(part, out, pacer)?;
-                    if advance(&cluster, &topic_json, a.value, part, out)? {
-                        let (ts, off) = part.head.unwrap_or_default();
-                        heap.push(Reverse((ts, part.range.p, off, i)));
-                    }
-                }
-            }
-        }
-        Ok(())
-    })();
+    let r = super::merge(
+        &mut parts,
+        a.order == Order::Time,
+        out,
+        pacer,
+        |part, out| {
+            Ok(
+                advance(&cluster, &topic_json, a.value, part, out)?.then(|| {
+                    let (ts, off) = part.head.unwrap_or_default();
+                    (ts, part.range.p, off)
+                }),
+            )
+        },
+        &mut emit,
+    );
     pb.finish_and_clear();
     r
 }

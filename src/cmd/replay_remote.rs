@@ -106,50 +106,30 @@ pub(super) fn run(a: &Args, topic: &str, pacer: &mut Pacer, out: &mut Output) ->
         }
         Ok(())
     };
-    let r = (|| -> Result<()> {
-        match a.order {
-            Order::Partition => {
-                for part in &mut parts {
-                    while advance(&c, topic, &prefix, part, out)? {
-                        emit(part, out, pacer)?;
-                    }
-                }
-            }
-            Order::Time => {
-                let mut heap = BinaryHeap::new();
-                for (i, part) in parts.iter_mut().enumerate() {
-                    if advance(&c, topic, &prefix, part, out)? {
-                        let (ts, off) = part.head.unwrap_or_default();
-                        heap.push(Reverse((ts, part.p, off, i)));
-                    }
-                }
-                while let Some(Reverse((_, _, _, i))) = heap.pop() {
-                    let part = &mut parts[i];
-                    emit(part, out, pacer)?;
-                    if advance(&c, topic, &prefix, part, out)? {
-                        let (ts, off) = part.head.unwrap_or_default();
-                        heap.push(Reverse((ts, part.p, off, i)));
-                    }
-                }
-            }
-        }
-        Ok(())
-    })();
+    let r = super::merge(
+        &mut parts,
+        a.order == Order::Time,
+        out,
+        pacer,
+        |part, out| {
+            Ok(advance(&c, topic, &prefix, part, out)?.then(|| {
+                let (ts, off) = part.head.unwrap_or_default();
+                (ts, part.p, off)
+            }))
+        },
+        &mut emit,
+    );
     pb.finish_and_clear();
     r
 }
 
 /// --from and --to as the server's query takes them, checked as a local replay checks them.
 fn range(a: &Args) -> Result<(String, String)> {
-    let from = a.from.clone().unwrap_or_else(|| "earliest".into());
-    if matches!(parse_start(&from)?, Start::Latest | Start::Last(_)) {
-        return Err(usage("--from takes earliest, OFFSET or @TIME"));
-    }
-    let to = a.to.clone().unwrap_or_else(|| "latest".into());
-    if matches!(parse_start(&to)?, Start::Earliest | Start::Last(_)) {
-        return Err(usage("--to takes latest, OFFSET or @TIME"));
-    }
-    Ok((from, to))
+    super::range(a)?;
+    Ok((
+        a.from.clone().unwrap_or_else(|| "earliest".into()),
+        a.to.clone().unwrap_or_else(|| "latest".into()),
+    ))
 }
 
 /// The group's committed offsets for `topic` (none for a group the server does not know,

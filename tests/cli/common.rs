@@ -73,6 +73,27 @@ impl Env {
     }
 }
 
+/// A tool pointed at a server or a broker (`--server URL`, `--broker URL`) instead of a
+/// log directory.
+pub fn remote_tool(tool: &str, flag: &str, url: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(bin(tool));
+    c.args([flag, url]).args(args);
+    c.env_remove("KAPPA_LOG").env_remove("KAPPA_TOKEN");
+    c
+}
+
+/// Runs `c` with `stdin`, asserts exit 0, returns stdout.
+pub fn run_ok(c: Command, stdin: &[u8]) -> String {
+    let o = run_with_stdin(c, stdin);
+    assert!(
+        o.status.success(),
+        "failed with {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).expect("utf-8")
+}
+
 pub fn run_with_stdin(mut c: Command, stdin: &[u8]) -> Output {
     c.stdin(Stdio::piped())
         .stdout(Stdio::piped())

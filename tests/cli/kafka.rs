@@ -2,7 +2,7 @@
 //! per test, in memory), with kafka-python as an independent client. `.ci/run` installs both;
 //! elsewhere set KAPPA_TANSU to the broker binary.
 
-use crate::common::{bin, run_with_stdin, Env};
+use crate::common::{bin, remote_tool, run_ok, run_with_stdin, Env};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -75,21 +75,7 @@ impl Drop for Broker {
 
 /// A tool against the broker.
 fn tool(name: &str, b: &Broker, args: &[&str]) -> Command {
-    let mut c = Command::new(bin(name));
-    c.args(["--broker", &b.url()]).args(args);
-    c.env_remove("KAPPA_LOG");
-    c
-}
-
-fn ok(c: Command, stdin: &[u8]) -> String {
-    let o = run_with_stdin(c, stdin);
-    assert!(
-        o.status.success(),
-        "failed with {:?}: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).expect("utf-8")
+    remote_tool(name, "--broker", &b.url(), args)
 }
 
 /// Readings with keys, out-of-order timestamps, and a header-free JSON value.
@@ -139,11 +125,11 @@ fn produce_and_consume_on_kafka_match_the_local_log() {
     let input = readings(3000, 0);
     let mut args = PRODUCE.to_vec();
     args.push("-q");
-    ok(tool("produce", &b, &args), input.as_bytes());
+    run_ok(tool("produce", &b, &args), input.as_bytes());
     env.produce("tel", &PRODUCE[2..], &input);
     // Same partitions, offsets, keys, timestamps and values: the same bytes.
     assert_eq!(
-        ok(tool("consume", &b, &["-t", "tel"]), b""),
+        run_ok(tool("consume", &b, &["-t", "tel"]), b""),
         env.consume("tel", &[])
     );
     let t1 = "@1795000500000";
@@ -162,7 +148,7 @@ fn produce_and_consume_on_kafka_match_the_local_log() {
         let mut full = vec!["-t", "tel"];
         full.extend_from_slice(&args);
         assert_eq!(
-            ok(tool("consume", &b, &full), b""),
+            run_ok(tool("consume", &b, &full), b""),
             env.consume("tel", &args),
             "consume {args:?}"
         );
@@ -186,13 +172,13 @@ fn produce_and_consume_on_kafka_match_the_local_log() {
         let mut full = vec!["-t", "tel"];
         full.extend_from_slice(&args);
         assert_eq!(
-            ok(tool("replay", &b, &full), b""),
+            run_ok(tool("replay", &b, &full), b""),
             env.ok("replay", &full, b""),
             "replay {args:?}"
         );
     }
     // --from-committed starts at the Kafka group's offsets.
-    let head = ok(
+    let head = run_ok(
         tool(
             "consume",
             &b,
@@ -201,7 +187,7 @@ fn produce_and_consume_on_kafka_match_the_local_log() {
         b"",
     );
     assert_eq!(head.lines().count(), 1000);
-    let rest = ok(
+    let rest = run_ok(
         tool(
             "replay",
             &b,
@@ -235,7 +221,7 @@ fn produce_and_consume_on_kafka_match_the_local_log() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("line 2"));
     assert_eq!(
-        ok(tool("consume", &b, &["-t", "bad", "--value"]), b""),
+        run_ok(tool("consume", &b, &["-t", "bad", "--value"]), b""),
         "{\"a\":1}\n"
     );
     // A record Kafka will not take (over librdkafka's 1,000,000-byte message limit) is named
@@ -252,7 +238,7 @@ fn produce_and_consume_on_kafka_match_the_local_log() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("line 2") && err.contains("Kafka"), "{err}");
     assert_eq!(
-        ok(tool("consume", &b, &["-t", "big", "--value"]), b""),
+        run_ok(tool("consume", &b, &["-t", "big", "--value"]), b""),
         "{\"a\":1}\n"
     );
 }
@@ -287,7 +273,7 @@ fn kafka_python_and_kappa_read_what_the_other_wrote() {
     let b = Broker::start();
     // kafka-python's default partitioner (Kafka's murmur2) agrees with kappa's.
     python(PY_PRODUCE, &[&b.hostport()]);
-    let got = ok(
+    let got = run_ok(
         tool(
             "consume",
             &b,
@@ -319,7 +305,7 @@ fn kafka_python_and_kappa_read_what_the_other_wrote() {
     // And the other way.
     let mut args = PRODUCE.to_vec();
     args.push("-q");
-    ok(tool("produce", &b, &args), readings(800, 0).as_bytes());
+    run_ok(tool("produce", &b, &args), readings(800, 0).as_bytes());
     let seen = python(PY_CONSUME, &[&b.hostport(), "tel"]);
     assert_eq!(seen.lines().count(), 800);
     let env2 = Env::new();
@@ -383,13 +369,13 @@ fn a_kafka_consumer_group_shares_partitions_and_a_joining_member_skips_nothing()
     let b = Broker::start();
     let mut args = PRODUCE.to_vec();
     args.push("-q");
-    ok(tool("produce", &b, &args), readings(2000, 0).as_bytes());
+    run_ok(tool("produce", &b, &args), readings(2000, 0).as_bytes());
     let m1 = Member::start(&b);
     let m2 = Member::start(&b);
     std::thread::sleep(Duration::from_secs(6));
     let m3 = Member::start(&b);
     std::thread::sleep(Duration::from_secs(4));
-    ok(tool("produce", &b, &args), readings(2000, 2000).as_bytes());
+    run_ok(tool("produce", &b, &args), readings(2000, 2000).as_bytes());
     std::thread::sleep(Duration::from_secs(6));
     let outs = [m1.stop(), m2.stop(), m3.stop()];
     let mut seen = BTreeSet::new();
@@ -494,7 +480,7 @@ fn mirror_to_kafka_and_back_survives_kills_with_no_gap_and_no_duplicate() {
     let local = src.consume("tel", &fmt);
     let mut full = vec!["-t", "copy"];
     full.extend_from_slice(&fmt);
-    assert_eq!(ok(tool("consume", &b, &full), b""), local);
+    assert_eq!(run_ok(tool("consume", &b, &full), b""), local);
     // And back into another log directory, killed on the way too.
     let dst = Env::new();
     let from = ["--from", &url, "-t", "copy"];
@@ -518,7 +504,7 @@ fn mirror_to_kafka_and_back_survives_kills_with_no_gap_and_no_duplicate() {
     src.produce("tel", &[], &readings(500, 150_000));
     let local = src.consume("tel", &fmt);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while ok(tool("consume", &b, &full), b"") != local {
+    while run_ok(tool("consume", &b, &full), b"") != local {
         assert!(
             Instant::now() < deadline,
             "the followed records did not arrive"

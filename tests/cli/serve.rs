@@ -1,6 +1,6 @@
 //! `logd serve` and the tools' `--server` mode, over loopback, through the real binaries.
 
-use crate::common::{bin, run_with_stdin, Env};
+use crate::common::{bin, remote_tool, run_ok, run_with_stdin, Env};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -108,21 +108,7 @@ pub fn get(url: &str) -> (u16, String) {
 }
 
 fn remote(tool: &str, url: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(bin(tool));
-    c.args(["--server", url]).args(args);
-    c.env_remove("KAPPA_LOG").env_remove("KAPPA_TOKEN");
-    c
-}
-
-fn ok(c: Command, stdin: &[u8]) -> String {
-    let o = run_with_stdin(c, stdin);
-    assert!(
-        o.status.success(),
-        "failed with {:?}: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).expect("utf-8")
+    remote_tool(tool, "--server", url, args)
 }
 
 fn records(n: usize) -> String {
@@ -143,7 +129,7 @@ fn produce_and_consume_through_the_server_match_the_local_tools() {
     let env = Env::new();
     let input = records(3000);
     let srv = Server::start(&env.log(), &[]);
-    ok(
+    run_ok(
         remote(
             "produce",
             &srv.url,
@@ -161,7 +147,7 @@ fn produce_and_consume_through_the_server_match_the_local_tools() {
         ),
         input.as_bytes(),
     );
-    let remote_out = ok(remote("consume", &srv.url, &["-t", "tel"]), b"");
+    let remote_out = run_ok(remote("consume", &srv.url, &["-t", "tel"]), b"");
     assert_eq!(remote_out.lines().count(), 3000);
     // The same records as a local produce of the same input into another log.
     let local = Env::new();
@@ -201,7 +187,7 @@ fn produce_and_consume_through_the_server_match_the_local_tools() {
         let mut full = vec!["-t", "tel"];
         full.extend_from_slice(&args);
         assert_eq!(
-            ok(remote("consume", &srv.url, &full), b""),
+            run_ok(remote("consume", &srv.url, &full), b""),
             local.consume("tel", &args),
             "consume {args:?}"
         );
@@ -255,12 +241,12 @@ fn replay_through_the_server_matches_local_replay_and_survives_a_restart() {
         "ts",
         "-q",
     ];
-    ok(
+    run_ok(
         remote("produce", &srv.url, &produce),
         shuffled_records(3000).as_bytes(),
     );
     // A group with committed offsets, for --from-committed.
-    let got = ok(
+    let got = run_ok(
         remote(
             "consume",
             &srv.url,
@@ -295,7 +281,7 @@ fn replay_through_the_server_matches_local_replay_and_survives_a_restart() {
         let local = env.ok("replay", &full, b"");
         assert!(!local.is_empty(), "{args:?}");
         assert_eq!(
-            ok(remote("replay", &srv.url, &full), b""),
+            run_ok(remote("replay", &srv.url, &full), b""),
             local,
             "replay {args:?}"
         );
@@ -327,7 +313,7 @@ fn replay_through_the_server_matches_local_replay_and_survives_a_restart() {
     srv.signal("-KILL");
     drop(srv);
     let srv = restart_on(&env.log(), &addr);
-    ok(
+    run_ok(
         remote("produce", &srv.url, &produce),
         shuffled_records(50).as_bytes(),
     );
@@ -559,7 +545,7 @@ pub fn restart_on(log: &Path, addr: &str) -> Server {
 fn follow_streams_end_cleanly_on_sigterm_and_everything_acknowledged_is_kept() {
     let env = Env::new();
     let srv = Server::start(&env.log(), &[]);
-    ok(
+    run_ok(
         remote("produce", &srv.url, &["-t", "f", "-q"]),
         records(10).as_bytes(),
     );
@@ -578,7 +564,7 @@ fn follow_streams_end_cleanly_on_sigterm_and_everything_acknowledged_is_kept() {
         line.clear();
         out.read_line(&mut line).unwrap();
     }
-    ok(
+    run_ok(
         remote("produce", &srv.url, &["-t", "f", "-q"]),
         b"{\"late\":1}\n",
     );
@@ -640,10 +626,10 @@ fn token_and_listen_address_rules() {
     assert_eq!(o.status.code(), Some(2));
     let mut c = remote("consume", &srv.url, &["-t", "a", "--value"]);
     c.args(["--token-file", tf.to_str().unwrap()]);
-    assert_eq!(ok(c, b""), "{}\n");
+    assert_eq!(run_ok(c, b""), "{}\n");
     let mut c = remote("consume", &srv.url, &["-t", "a", "--value"]);
     c.env("KAPPA_TOKEN", "s3cret");
-    assert_eq!(ok(c, b""), "{}\n");
+    assert_eq!(run_ok(c, b""), "{}\n");
     drop(srv);
     // --insecure allows any address.
     let srv = Server::start(&env.log(), &["--listen", "0.0.0.0:0", "--insecure"]);
@@ -801,7 +787,7 @@ fn a_group_of_three_shares_partitions_and_a_killed_member_is_replaced() {
     let env = Env::new();
     let srv = Server::start(&env.log(), &[]);
     let n = 3000;
-    ok(
+    run_ok(
         remote(
             "produce",
             &srv.url,
@@ -861,7 +847,7 @@ fn a_group_of_three_shares_partitions_and_a_killed_member_is_replaced() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(killed_at.elapsed() < Duration::from_secs(5));
-    ok(
+    run_ok(
         remote(
             "produce",
             &srv.url,
