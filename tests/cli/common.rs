@@ -50,14 +50,7 @@ impl Env {
 
     /// Runs and asserts exit 0; returns stdout.
     pub fn ok(&self, tool: &str, args: &[&str], stdin: &[u8]) -> String {
-        let o = self.run(tool, args, stdin);
-        assert!(
-            o.status.success(),
-            "{tool} {args:?} failed with {:?}: {}",
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).expect("utf-8 output")
+        run_ok(self.cmd(tool, args), stdin)
     }
 
     pub fn produce(&self, topic: &str, extra: &[&str], stdin: &str) {
@@ -84,10 +77,11 @@ pub fn remote_tool(tool: &str, flag: &str, url: &str, args: &[&str]) -> Command 
 
 /// Runs `c` with `stdin`, asserts exit 0, returns stdout.
 pub fn run_ok(c: Command, stdin: &[u8]) -> String {
+    let what = format!("{c:?}");
     let o = run_with_stdin(c, stdin);
     assert!(
         o.status.success(),
-        "failed with {:?}: {}",
+        "{what} failed with {:?}: {}",
         o.status.code(),
         String::from_utf8_lossy(&o.stderr)
     );

@@ -1,7 +1,9 @@
 //! `transform`: jq semantics through the real binary, envelopes, key/ts rewriting, lookups,
 //! validation, the three error modes, order under --jobs, pipes, and the man page examples.
 
-use crate::common::{bin, help_examples, lines, path_with_tools, run_with_stdin, telemetry, Env};
+use crate::common::{
+    bin, help_examples, lines, path_with_tools, run_ok, run_with_stdin, telemetry, Env,
+};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Output, Stdio};
@@ -14,14 +16,9 @@ fn tf(args: &[&str], stdin: &str) -> Output {
 }
 
 fn tf_ok(args: &[&str], stdin: &str) -> String {
-    let o = tf(args, stdin);
-    assert!(
-        o.status.success(),
-        "transform {args:?} failed with {:?}: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+    let mut c = Command::new(bin("transform"));
+    c.args(args);
+    run_ok(c, stdin.as_bytes())
 }
 
 fn stderr(o: &Output) -> String {

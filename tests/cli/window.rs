@@ -2,7 +2,9 @@
 //! determinism (jobs, batching, resumed state), bad input, and results checked against
 //! DuckDB as an independent SQL engine.
 
-use crate::common::{bin, help_examples, lines, path_with_tools, run_with_stdin, telemetry, Env};
+use crate::common::{
+    bin, help_examples, lines, path_with_tools, run_ok, run_with_stdin, telemetry, Env,
+};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Output, Stdio};
@@ -15,14 +17,9 @@ fn win(args: &[&str], stdin: &str) -> Output {
 }
 
 fn win_ok(args: &[&str], stdin: &str) -> String {
-    let o = win(args, stdin);
-    assert!(
-        o.status.success(),
-        "window {args:?} failed with {:?}: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+    let mut c = Command::new(bin("window"));
+    c.args(args);
+    run_ok(c, stdin.as_bytes())
 }
 
 fn values(out: &str) -> Vec<Value> {
