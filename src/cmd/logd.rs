@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::Write;
 
 const ABOUT: &str =
-    "Administer the log: topics, consumer groups, verification, recovery, retention";
+    "Administer the log: topics, consumer groups, verification, recovery, retention, compaction";
 
 const AFTER: &str = "\
 Exit status: 0 success; 1 damage found (verify), or an I/O error during the work; 2 bad flags,
@@ -21,6 +21,7 @@ no such topic or group, a partition locked by a writer.
 
 Examples:
   logd topics create telemetry --partitions 4 --retention-age 30d
+  logd topics create device-config --cleanup-policy compact && logd compact -t device-config
   logd topics describe telemetry
   logd groups reset dash -t telemetry --to @yesterday
   logd verify && echo clean
@@ -94,6 +95,22 @@ Partitions held by a running writer are skipped.\n\n\
 Exit status: 0 repaired (or nothing to repair); 1 an I/O error; 2 bad flags, no such topic."
     )]
     Repair(RepairArgs),
+    /// Compact `compact` topics now: keep only the latest record per key in sealed segments
+    #[command(
+        long_about = "Compact the partitions of topics whose cleanup policy includes compact \
+(`logd topics create T --cleanup-policy compact`): the sealed segments are rewritten keeping, \
+for every key, only its latest record, so the topic holds the latest value per key. Offsets do \
+not change (a compacted partition has gaps between them), and the active segment is never \
+touched. Records without a key are kept; a tombstone (a record whose value is null) is kept \
+until its segment was last written --delete-retention ago (a topic setting, default 1 day), so \
+consumers behind by less still see the deletion. A partition is compacted once at least \
+--min-cleanable-ratio of its sealed bytes are new since its last compaction (default 0.5); \
+--force compacts whatever is new. Safe beside a running writer and beside readers (it needs no \
+writer lock); `logd serve` does the same in the background.\n\n\
+Exit status: 0 done (or nothing to do); 1 damage found in a segment (run `logd repair` first), \
+an I/O error; 2 bad flags, no such topic, a topic that is not compacted."
+    )]
+    Compact(CompactArgs),
     /// Apply retention now: delete whole old segments past the topic's limits
     #[command(
         long_about = "Delete whole sealed segments that the topic's retention (bytes, age of the newest \
@@ -109,7 +126,8 @@ retention themselves each time they roll a segment."
 
 const SERVE_ABOUT: &str = "\
 Serve the log over HTTP/1.1 so devices, remote pipelines and consumer groups can use it, and
-keep it in shape while serving (retention, segment roll by age, recovery checkpoints).
+keep it in shape while serving (retention, segment roll by age, compaction of `compact`
+topics, recovery checkpoints).
 
 API (JSON answers; records as NDJSON):
   POST /topics/T/records   append the body: format=ndjson|csv|lines|envelope, key=FIELD,
@@ -207,6 +225,18 @@ pub struct TopicFilter {
 }
 
 #[derive(ClapArgs, Debug)]
+pub struct CompactArgs {
+    #[command(flatten)]
+    pub filter: TopicFilter,
+    /// Compact whatever is new since the last compaction, whatever its share
+    #[arg(long)]
+    pub force: bool,
+    /// Memory for the key map of one pass; more distinct keys take more passes
+    #[arg(long, default_value = "256MiB", value_name = "SIZE")]
+    pub buffer: String,
+}
+
+#[derive(ClapArgs, Debug)]
 pub struct RepairArgs {
     #[command(flatten)]
     pub filter: TopicFilter,
@@ -238,6 +268,15 @@ pub struct TopicSettings {
     /// Delete segments whose newest record is older than this (`none`: no limit)
     #[arg(long, value_name = "DURATION")]
     pub retention_age: Option<String>,
+    /// delete (retention removes old segments), compact (keep the latest record per key), or compact,delete
+    #[arg(long, value_name = "POLICY")]
+    pub cleanup_policy: Option<String>,
+    /// Compaction keeps a key's tombstone (null value) this long after its segment was last written
+    #[arg(long, value_name = "DURATION")]
+    pub delete_retention: Option<String>,
+    /// Compact a partition once this share of its sealed bytes is new (0 to 1)
+    #[arg(long, value_name = "RATIO")]
+    pub min_cleanable_ratio: Option<f64>,
 }
 
 impl TopicSettings {
@@ -261,6 +300,21 @@ impl TopicSettings {
             } else {
                 Some(time::parse_duration_ms(s).map_err(usage)? as u64)
             };
+        }
+        if let Some(p) = &self.cleanup_policy {
+            c.cleanup_policy = TopicConfig::normalize_policy(p)
+                .map_err(|e| usage(format!("--cleanup-policy: {e}")))?;
+        }
+        if let Some(s) = &self.delete_retention {
+            c.delete_retention_ms = time::parse_duration_ms(s).map_err(usage)? as u64;
+        }
+        if let Some(r) = self.min_cleanable_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(usage(format!(
+                    "--min-cleanable-ratio {r}: expected a ratio from 0 to 1"
+                )));
+            }
+            c.min_cleanable_dirty_ratio = r;
         }
         Ok(())
     }
@@ -290,7 +344,7 @@ pub enum TopicsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Change a topic's segment and retention settings
+    /// Change a topic's segment, retention and cleanup settings
     Alter {
         name: String,
         #[command(flatten)]
@@ -338,6 +392,7 @@ pub fn run(a: Args) -> Result<()> {
             Ok(std::mem::take(&mut w.recovery))
         }),
         Cmd::Repair(r) => repair(&log, r),
+        Cmd::Compact(c) => compact_cmd(&log, c),
         Cmd::Retention(f) => per_partition(&log, &f, "retention", false, |w| {
             w.apply_retention(time::now_ms())
         }),
@@ -490,15 +545,26 @@ fn topics(log: &Log, t: TopicsCmd) -> Result<()> {
             let c = log.topic_config(&name)?;
             // Hold every partition's writer lock while the topic goes away.
             let mut held = Vec::new();
+            let mut compactions = Vec::new();
             // Only the locks: recovery would need disk space, and a full disk is one reason
             // to delete a topic.
             for p in 0..c.partitions {
                 let dir = log.partition_dir(&name, p)?;
                 if dir.is_dir() {
                     held.push(crate::log::writer::lock_partition(&dir, false)?);
+                    match crate::log::compact::try_lock(&dir)? {
+                        Some(l) => compactions.push(l),
+                        None => {
+                            return Err(crate::error::setup(format!(
+                                "{}: a compaction is running; try again when it is done",
+                                dir.display()
+                            )))
+                        }
+                    }
                 }
             }
             log.delete_topic_dir(&name)?;
+            drop(compactions);
             drop(held);
             Ok(())
         }
@@ -521,8 +587,14 @@ fn describe(log: &Log, name: &str, json: bool) -> Result<()> {
                 .unwrap_or(0);
         }
         let (first_ts, last_ts) = first_last_ts(&dir, &bases);
+        // Compaction leaves gaps between offsets: count what is there.
+        let records = if c.compacts() {
+            count_records(&mut r, earliest)?
+        } else {
+            latest - earliest
+        };
         rows.push(serde_json::json!({
-            "partition": p, "earliest": earliest, "latest": latest, "records": latest - earliest,
+            "partition": p, "earliest": earliest, "latest": latest, "records": records,
             "first_ts": first_ts, "last_ts": last_ts, "segments": bases.len(), "bytes": bytes,
         }));
     }
@@ -530,12 +602,23 @@ fn describe(log: &Log, name: &str, json: bool) -> Result<()> {
         let v = serde_json::json!({
             "topic": name, "partitions": c.partitions, "segment_bytes": c.segment_bytes, "segment_ms": c.segment_ms,
             "retention_bytes": c.retention_bytes, "retention_ms": c.retention_ms, "cleanup_policy": c.cleanup_policy,
+            "delete_retention_ms": c.delete_retention_ms, "min_cleanable_dirty_ratio": c.min_cleanable_dirty_ratio,
             "partition_info": rows,
         });
         return stdout_line(&v.to_string());
     }
+    let cleanup = if c.compacts() {
+        format!(
+            ", cleanup {} (tombstones kept {}, compacted at a dirty ratio of {})",
+            c.cleanup_policy,
+            human_ms(c.delete_retention_ms),
+            c.min_cleanable_dirty_ratio
+        )
+    } else {
+        String::new()
+    };
     stdout_line(&format!(
-        "topic {name}: {} partitions, segments roll at {} or {}, retention {} / {}",
+        "topic {name}: {} partitions, segments roll at {} or {}, retention {} / {}{cleanup}",
         c.partitions,
         cli::human_bytes(c.segment_bytes),
         human_ms(c.segment_ms),
@@ -557,6 +640,60 @@ fn describe(log: &Log, name: &str, json: bool) -> Result<()> {
             r["segments"],
             r["bytes"]
         ))?;
+    }
+    Ok(())
+}
+
+/// Records actually held from `from` on (every frame read and checked).
+fn count_records(r: &mut PartitionReader, from: u64) -> Result<u64> {
+    r.seek(from)?;
+    let mut n = 0u64;
+    while let Some(f) = r.next_frame()? {
+        n += f.records().count() as u64;
+    }
+    Ok(n)
+}
+
+/// `logd compact`: every partition of the selected compacted topics (all of them by default).
+fn compact_cmd(log: &Log, a: CompactArgs) -> Result<()> {
+    use crate::log::compact::{self, Compaction, Options};
+    let map_bytes = time::parse_size(&a.buffer)
+        .ok()
+        .filter(|n| *n >= 1 << 20)
+        .ok_or_else(|| {
+            usage(format!(
+                "--buffer {:?}: expected a size of at least 1MiB",
+                a.buffer
+            ))
+        })?;
+    let chosen = !a.filter.topics.is_empty();
+    for t in selected_topics(log, &a.filter)? {
+        let c = log.topic_config(&t)?;
+        if !c.compacts() {
+            if chosen {
+                return Err(crate::error::setup(format!(
+                    "topic {t:?} has cleanup policy {:?}, not compact (logd topics alter {t} --cleanup-policy compact)",
+                    c.cleanup_policy
+                )));
+            }
+            continue;
+        }
+        for p in 0..c.partitions {
+            let dir = log.partition_dir(&t, p)?;
+            if !dir.is_dir() {
+                continue;
+            }
+            let o = Options {
+                force: a.force,
+                now_ms: time::now_ms(),
+                map_bytes: map_bytes as usize,
+                cancel: None,
+            };
+            match compact::partition(&dir, &c, &o)? {
+                Compaction::Done(out) => stdout_line(&format!("{t}/{p}: {}", out.describe()))?,
+                Compaction::Skipped(why) => stdout_line(&format!("{t}/{p}: not compacted: {why}"))?,
+            }
+        }
     }
     Ok(())
 }

@@ -18,14 +18,21 @@
 //!   0  4  length           u32, bytes after the crc field (FRAME_HEADER - 8 + records)
 //!   4  4  crc              crc32 over the 4 length bytes and the `length` bytes after crc
 //!   8  1  frame_version    1
-//!   9  1  attributes       bit 0: the frame ends with a source mark (others reserved)
+//!   9  1  attributes       bit 0: the frame ends with a source mark
+//!                          bit 1: sparse, the frame was rewritten by compaction (others reserved)
 //!  10  2  reserved         0
-//!  12  8  base_offset      u64, offset of the first record
-//!  20  4  record_count     u32, >= 1
-//!  24  8  min_ts           i64
-//!  32  8  max_ts           i64
+//!  12  8  base_offset      u64, offset of the first record (dense) or of the range (sparse)
+//!  20  4  record_count     u32, >= 1 (a sparse frame may hold 0)
+//!  24  8  min_ts           i64 (i64::MAX in a sparse frame with no record)
+//!  32  8  max_ts           i64 (i64::MIN in a sparse frame with no record)
 //!  40  .. records
+//!  ..  .. offset table     only with attribute bit 1 (below)
 //!  ..  .. source mark      only with attribute bit 0 (below)
+//!
+//! offset table (a sparse frame: compaction removed some of its offsets' records)
+//!   0  4n offset_delta     u32 per record, offset - base_offset, strictly increasing
+//!  4n  4  offset_span      u32, the frame covers base_offset .. base_offset + offset_span
+//!                          (the next frame starts there); greater than every delta
 //!
 //! source mark (after a frame's last record: where in its input that record ended)
 //!   0  8  input_bytes      u64, input bytes of the file taken through the last record
@@ -82,6 +89,9 @@ pub const FRAME_MAX_TS: usize = 32;
 pub const FRAME_HEADER_LEN: usize = 40;
 pub const FRAME_VERSION: u8 = 1;
 pub const FRAME_ATTR_SOURCE: u8 = 1;
+pub const FRAME_ATTR_SPARSE: u8 = 2;
+/// Width of one offset delta, and of the span after them, in a sparse frame's offset table.
+pub const DELTA_LEN: usize = 4;
 /// Bytes covered by `length`: everything after the crc field.
 pub const FRAME_PREFIX_LEN: usize = 8;
 /// A frame's length field is checked against this before it is trusted.
@@ -290,6 +300,11 @@ impl<'a> Record<'a> {
         }
     }
 
+    /// The header pairs as encoded in the record layout (see `encode_header`).
+    pub fn raw_headers(&self) -> &'a [u8] {
+        self.headers
+    }
+
     pub fn headers(&self) -> HeaderIter<'a> {
         HeaderIter {
             rest: self.headers,
@@ -339,13 +354,21 @@ pub struct FrameInfo {
     pub max_ts: i64,
     /// Total bytes of the frame, prefix included.
     pub total_len: usize,
-    /// Where the records end (before a source mark, if any).
+    /// Where the records end (before an offset table or a source mark, if any).
     pub records_end: usize,
+    /// Offsets the frame covers: record_count when dense; more in a sparse frame.
+    pub span: u64,
+    /// Whether the records carry offsets of their own (the offset table after them).
+    pub sparse: bool,
+    /// Where the source mark starts (total_len when there is none).
+    pub mark_start: usize,
 }
 
 impl FrameInfo {
+    /// The first offset after the frame: where the next frame starts.
     pub fn next_offset(&self) -> u64 {
-        self.base_offset + self.record_count as u64
+        // check_frame refused a frame whose range would overflow.
+        self.base_offset + self.span
     }
 }
 
@@ -384,10 +407,10 @@ pub fn check_frame(b: &[u8]) -> FrameCheck {
         return FrameCheck::Corrupt(format!("unknown frame version {}", b[FRAME_VERSION_AT]));
     }
     let attributes = b[FRAME_ATTRIBUTES];
-    if attributes & !FRAME_ATTR_SOURCE != 0 {
+    if attributes & !(FRAME_ATTR_SOURCE | FRAME_ATTR_SPARSE) != 0 {
         return FrameCheck::Corrupt(format!("unknown frame attributes {attributes}"));
     }
-    let records_end = if attributes & FRAME_ATTR_SOURCE != 0 {
+    let mark_start = if attributes & FRAME_ATTR_SOURCE != 0 {
         match mark_span(&b[FRAME_HEADER_LEN..total]) {
             Some(at) => FRAME_HEADER_LEN + at,
             None => return FrameCheck::Corrupt("frame's source mark is malformed".into()),
@@ -395,21 +418,57 @@ pub fn check_frame(b: &[u8]) -> FrameCheck {
     } else {
         total
     };
+    let mut records_end = mark_start;
+    let record_count = u32_at(b, FRAME_RECORD_COUNT);
+    let sparse = attributes & FRAME_ATTR_SPARSE != 0;
+    let mut span = record_count as u64;
+    if sparse {
+        let table = (record_count as usize + 1) * DELTA_LEN;
+        if records_end < FRAME_HEADER_LEN + table {
+            return FrameCheck::Corrupt("sparse frame's offset table is malformed".into());
+        }
+        records_end -= table;
+        match check_deltas(&b[records_end..records_end + table]) {
+            Some(s) => span = s,
+            None => return FrameCheck::Corrupt("sparse frame's offsets are not ascending".into()),
+        }
+    } else if record_count == 0 {
+        return FrameCheck::Corrupt("frame holds no records".into());
+    }
     let info = FrameInfo {
         base_offset: u64_at(b, FRAME_BASE_OFFSET),
-        record_count: u32_at(b, FRAME_RECORD_COUNT),
+        record_count,
         min_ts: i64_at(b, FRAME_MIN_TS),
         max_ts: i64_at(b, FRAME_MAX_TS),
         total_len: total,
         records_end,
+        span,
+        sparse,
+        mark_start,
     };
-    if info.record_count == 0 {
-        return FrameCheck::Corrupt("frame holds no records".into());
+    if info.base_offset.checked_add(span).is_none() {
+        return FrameCheck::Corrupt("frame's offsets run past the largest offset".into());
     }
     if let Err(e) = walk_records(&b[FRAME_HEADER_LEN..records_end], info.record_count) {
         return FrameCheck::Corrupt(e);
     }
     FrameCheck::Ok(info)
+}
+
+/// Checks a sparse frame's offset table (deltas, then the span): strictly ascending deltas
+/// below a span of at least 1. Returns the span.
+fn check_deltas(table: &[u8]) -> Option<u64> {
+    let (deltas, span) = table.split_at(table.len() - DELTA_LEN);
+    let span = u32_at(span, 0) as u64;
+    let mut prev: Option<u32> = None;
+    for c in deltas.chunks_exact(DELTA_LEN) {
+        let d = u32_at(c, 0);
+        if prev.is_some_and(|p| d <= p) {
+            return None;
+        }
+        prev = Some(d);
+    }
+    (span >= 1 && prev.is_none_or(|p| (p as u64) < span)).then_some(span)
 }
 
 /// Where the source mark starts in a frame body (bytes after the frame header), when the
@@ -456,10 +515,10 @@ impl SourcePos {
 
 /// The source mark of a frame that `check_frame` accepted: (source id, position).
 pub fn source_mark<'a>(frame: &'a [u8], info: &FrameInfo) -> Option<(&'a [u8], SourcePos)> {
-    if info.records_end == info.total_len {
+    if info.mark_start == info.total_len {
         return None;
     }
-    let m = &frame[info.records_end..info.total_len - MARK_LEN_FIELD];
+    let m = &frame[info.mark_start..info.total_len - MARK_LEN_FIELD];
     let pos = SourcePos {
         bytes: u64_at(m, MARK_INPUT_BYTES),
         lines: u64_at(m, MARK_INPUT_LINES),
@@ -537,17 +596,28 @@ fn parse_record(b: &[u8], offset: u64) -> Option<(Record<'_>, usize)> {
 /// Iterates the records of a frame that `check_frame` accepted.
 pub struct RecordIter<'a> {
     body: &'a [u8],
+    base: u64,
     next_offset: u64,
     left: u32,
+    /// A sparse frame's offset deltas not yet used (empty in a dense frame).
+    deltas: &'a [u8],
 }
 
 impl<'a> RecordIter<'a> {
     /// `frame` is the whole frame (prefix included) as accepted by `check_frame`.
     pub fn new(frame: &'a [u8], info: &FrameInfo) -> Self {
+        let deltas = if info.sparse {
+            let at = info.records_end;
+            &frame[at..at + info.record_count as usize * DELTA_LEN]
+        } else {
+            &[]
+        };
         RecordIter {
             body: &frame[FRAME_HEADER_LEN..info.records_end],
+            base: info.base_offset,
             next_offset: info.base_offset,
             left: info.record_count,
+            deltas,
         }
     }
 }
@@ -557,6 +627,10 @@ impl<'a> Iterator for RecordIter<'a> {
     fn next(&mut self) -> Option<Record<'a>> {
         if self.left == 0 {
             return None;
+        }
+        if self.deltas.len() >= DELTA_LEN {
+            self.next_offset = self.base + u32_at(self.deltas, 0) as u64;
+            self.deltas = &self.deltas[DELTA_LEN..];
         }
         // check_frame walked these exact bytes, so parsing cannot fail here.
         let (rec, len) = parse_record(self.body, self.next_offset)?;
@@ -574,6 +648,8 @@ pub struct FrameBuilder {
     count: u32,
     min_ts: i64,
     max_ts: i64,
+    /// Offset deltas of a sparse frame's records (`push_at`); empty for a dense frame.
+    deltas: Vec<u8>,
 }
 
 impl FrameBuilder {
@@ -586,6 +662,7 @@ impl FrameBuilder {
             count: 0,
             min_ts: i64::MAX,
             max_ts: i64::MIN,
+            deltas: Vec::new(),
         }
     }
 
@@ -612,6 +689,7 @@ impl FrameBuilder {
         self.count = 0;
         self.min_ts = i64::MAX;
         self.max_ts = i64::MIN;
+        self.deltas.clear();
     }
 
     pub fn push(&mut self, rec: &RecordRef<'_>) {
@@ -619,6 +697,24 @@ impl FrameBuilder {
         self.count += 1;
         self.min_ts = self.min_ts.min(rec.timestamp);
         self.max_ts = self.max_ts.max(rec.timestamp);
+    }
+
+    /// Appends a record of a sparse frame at its own offset (ascending, at least the base
+    /// offset, within u32 of it); the frame is then finished with `finish_sparse`.
+    pub fn push_at(&mut self, rec: &RecordRef<'_>, offset: u64) {
+        self.push(rec);
+        let delta = (offset - self.base_offset) as u32;
+        self.deltas.extend_from_slice(&delta.to_le_bytes());
+    }
+
+    /// Finishes a sparse frame covering `span` offsets from the base offset (records pushed
+    /// with `push_at`, maybe none), ending with a source mark when one is given.
+    pub fn finish_sparse(&mut self, span: u32, mark: Option<(&str, &SourcePos)>) -> &[u8] {
+        let deltas = std::mem::take(&mut self.deltas);
+        self.buf.extend_from_slice(&deltas);
+        self.buf.extend_from_slice(&span.to_le_bytes());
+        self.deltas = deltas;
+        self.finish_with(mark, FRAME_ATTR_SPARSE)
     }
 
     /// Fills in the header and CRC; returns the finished frame bytes.
@@ -629,6 +725,10 @@ impl FrameBuilder {
     /// Like `finish`, ending the frame with a source mark when one is given: the mark is
     /// under the frame's CRC, so it is durable exactly when the records are.
     pub fn finish_marked(&mut self, mark: Option<(&str, &SourcePos)>) -> &[u8] {
+        self.finish_with(mark, 0)
+    }
+
+    fn finish_with(&mut self, mark: Option<(&str, &SourcePos)>, attributes: u8) -> &[u8] {
         if let Some((id, pos)) = mark {
             pos.encode_mark(id, &mut self.buf);
         }
@@ -636,7 +736,7 @@ impl FrameBuilder {
         let b = &mut self.buf;
         b[FRAME_LENGTH..FRAME_LENGTH + 4].copy_from_slice(&len.to_le_bytes());
         b[FRAME_VERSION_AT] = FRAME_VERSION;
-        b[FRAME_ATTRIBUTES] = if mark.is_some() { FRAME_ATTR_SOURCE } else { 0 };
+        b[FRAME_ATTRIBUTES] = attributes | if mark.is_some() { FRAME_ATTR_SOURCE } else { 0 };
         b[10] = 0;
         b[11] = 0;
         b[FRAME_BASE_OFFSET..FRAME_BASE_OFFSET + 8]
@@ -779,6 +879,46 @@ mod tests {
             let plain = build(&recs, 3);
             let pinfo = match check_frame(&plain) { FrameCheck::Ok(i) => i, other => panic!("{other:?}") };
             prop_assert_eq!(source_mark(&plain, &pinfo), None);
+        }
+
+        #[test]
+        fn sparse_frames_round_trip(
+            base in 0u64..u64::MAX / 2,
+            offs in prop::collection::btree_set(0u32..5000, 0..12),
+            extra in 1u32..100,
+            marked in any::<bool>(),
+            flip in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let offs: Vec<u32> = offs.into_iter().collect();
+            let span = offs.last().map_or(0, |d| d + 1) + extra - 1;
+            let span = span.max(1);
+            let mark = SourcePos { file: 0, bytes: 10, lines: 1, records: 1 };
+            let mut fb = FrameBuilder::new();
+            fb.reset(base);
+            for (i, d) in offs.iter().enumerate() {
+                let v = vec![b'v'; i];
+                fb.push_at(&RecordRef { timestamp: *d as i64, key: Some(b"k"), value: &v, headers: &[], header_count: 0, value_is_json: false }, base + *d as u64);
+            }
+            let frame = fb.finish_sparse(span, marked.then_some(("src", &mark))).to_vec();
+            let info = match check_frame(&frame) { FrameCheck::Ok(i) => i, other => panic!("{other:?}") };
+            prop_assert!(info.sparse);
+            prop_assert_eq!(info.record_count as usize, offs.len());
+            prop_assert_eq!(info.next_offset(), base + span as u64);
+            let got: Vec<u64> = RecordIter::new(&frame, &info).map(|r| r.offset).collect();
+            let want: Vec<u64> = offs.iter().map(|d| base + *d as u64).collect();
+            prop_assert_eq!(got, want);
+            for (i, r) in RecordIter::new(&frame, &info).enumerate() {
+                prop_assert_eq!(r.value.len(), i);
+            }
+            prop_assert_eq!(source_mark(&frame, &info), marked.then_some((&b"src"[..], mark)));
+            for cut in 0..frame.len() {
+                prop_assert!(!matches!(check_frame(&frame[..cut]), FrameCheck::Ok(_)));
+            }
+            let mut bad = frame.clone();
+            let i = flip.index(bad.len());
+            bad[i] ^= 1 << bit;
+            prop_assert!(!matches!(check_frame(&bad), FrameCheck::Ok(_)));
         }
 
         #[test]

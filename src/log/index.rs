@@ -203,12 +203,7 @@ pub fn floor_offset(e: &[IndexEntry], offset: u64) -> Option<IndexEntry> {
     }
 }
 
-/// The last entry whose records before it are all older than `ts`.
-pub fn floor_time(e: &[TimeEntry], ts: i64) -> Option<TimeEntry> {
-    let i = e.partition_point(|x| x.max_ts_before < ts);
-    if i == 0 {
-        None
-    } else {
-        Some(e[i - 1])
-    }
+/// Which entry is the last whose records before it are all older than `ts` (its index).
+pub fn floor_time(e: &[TimeEntry], ts: i64) -> Option<usize> {
+    e.partition_point(|x| x.max_ts_before < ts).checked_sub(1)
 }

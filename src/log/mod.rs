@@ -1,9 +1,11 @@
 //! The shared segmented log: topics of partitions of segments, each a file of CRC-checked
-//! frames of records with dense offsets, plus sparse offset and time indexes that are only
-//! caches. `format` is the byte layout; `writer` owns appends, recovery and retention;
-//! `reader` serves lock-free reads; `verify` checks everything for `logd verify`; `sources`
-//! keeps idempotent ingestion's input positions.
+//! frames of records with dense offsets (sparse once compacted), plus sparse offset and time
+//! indexes that are only caches. `format` is the byte layout; `writer` owns appends, recovery
+//! and retention; `reader` serves lock-free reads; `verify` checks everything for `logd
+//! verify`; `sources` keeps idempotent ingestion's input positions; `compact` rewrites the
+//! sealed segments of `compact` topics down to the latest record per key.
 
+pub mod compact;
 pub mod format;
 pub mod groups;
 pub mod index;

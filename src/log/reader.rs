@@ -162,10 +162,8 @@ impl PartitionReader {
             let times = index::read_times(&seg.path.with_extension(TIMEINDEX_SUFFIX), base)
                 .unwrap_or_default();
             let (mut pos, mut off) = (FILE_HEADER_LEN, base);
-            if let Some(e) = index::floor_time(&times, ts) {
-                if hint_ok(bytes, e.position as usize, e.offset) {
-                    (pos, off) = (e.position as usize, e.offset);
-                }
+            if let Some(h) = time_hint(bytes, &times, ts) {
+                (pos, off) = h;
             }
             loop {
                 if limit == Some(off) || pos >= bytes.len() {
@@ -297,7 +295,10 @@ impl PartitionReader {
                         // while they were being read: move on to what is left.
                         self.refresh_segments()?;
                         let base = self.cur.as_ref().map_or(0, |s| s.base);
-                        if self.segments.binary_search(&base).is_err() {
+                        if self.segments.binary_search(&base).is_err() || self.replaced() {
+                            // Gone, or compaction put a new file in its place (holding the
+                            // same offsets and those of the segments it absorbed): read on
+                            // from what is there now.
                             self.cur = None;
                             continue;
                         }
@@ -330,6 +331,18 @@ impl PartitionReader {
                     return Err(self.damage(pos, &why));
                 }
             }
+        }
+    }
+
+    /// Whether the open segment's file is no longer the one at its path.
+    fn replaced(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(seg) = self.cur.as_ref() else {
+            return false;
+        };
+        match (seg.file.metadata(), std::fs::metadata(&seg.path)) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) != (b.dev(), b.ino()),
+            _ => true,
         }
     }
 
@@ -432,6 +445,35 @@ impl PartitionReader {
             self.next_offset
         ))
     }
+}
+
+/// Where to start looking for the first record at or after `ts`: the last time index entry
+/// whose `max_ts_before` is below `ts`, if it checks out. A wrong position or offset would
+/// only cost a scan, but a `max_ts_before` damaged downwards would skip records, so the entry
+/// is checked against the one before it: the frames between them must lead exactly to it, and
+/// the larger of the earlier entry's `max_ts_before` and their `max_ts` must be its own. One
+/// damaged entry, whichever, fails that, and the segment is then read from its start.
+fn time_hint(bytes: &[u8], times: &[index::TimeEntry], ts: i64) -> Option<(usize, u64)> {
+    // No entry, or the first (which is the start of the segment anyway): no hint.
+    let k = index::floor_time(times, ts).filter(|k| *k > 0)?;
+    let (prev, e) = (times[k - 1], times[k]);
+    if !hint_ok(bytes, prev.position as usize, prev.offset) {
+        return None;
+    }
+    let (mut pos, mut off, mut max) = (prev.position as usize, prev.offset, prev.max_ts_before);
+    while (pos as u64) < e.position {
+        let FrameCheck::Ok(info) = check_frame(&bytes[pos..]) else {
+            return None;
+        };
+        if info.base_offset != off {
+            return None;
+        }
+        max = max.max(info.max_ts);
+        pos += info.total_len;
+        off = info.next_offset();
+    }
+    (pos as u64 == e.position && off == e.offset && max == e.max_ts_before && pos < bytes.len())
+        .then_some((pos, off))
 }
 
 /// An index hint is used only when a valid frame with that base offset is really there.

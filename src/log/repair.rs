@@ -10,6 +10,7 @@
 //! partition directory, where readers never look, for whoever wants to study them.
 
 use crate::error::{Error, Result};
+use crate::log::compact;
 use crate::log::format::*;
 use crate::log::segment::{self, log_path, Mapped, ScanStop};
 use crate::log::topic::TopicConfig;
@@ -161,10 +162,15 @@ fn salvage_bytes(b: &[u8], from: usize, min_offset: u64, out: &mut Vec<Salvaged>
 pub fn partition(dir: &Path, cfg: &TopicConfig, salvage: bool) -> Result<Outcome> {
     let lock = lock_partition(dir, false)?;
     let mut out = Outcome::default();
+    // Sealed segments are edited here: no compaction may run meanwhile (recovery takes the
+    // lock again when the writer opens, so it is released before that).
+    let compaction = compact::lock(dir)?;
+    out.notes = compact::finish_interrupted(dir)?;
     let bases = segment::list_segments(dir).map_err(io("listing", dir))?;
     let Some(d) = find_damage(dir, &bases)? else {
+        drop(compaction);
         let mut w = PartitionWriter::open_locked(dir, cfg, FsyncMode::Batch, lock, true)?;
-        out.notes = std::mem::take(&mut w.recovery);
+        out.notes.append(&mut w.recovery);
         w.close()?;
         return Ok(out);
     };
@@ -242,9 +248,12 @@ pub fn partition(dir: &Path, cfg: &TopicConfig, salvage: bool) -> Result<Outcome
     }
     f.sync_all().map_err(io("fsync of", &seg_path))?;
     drop(f);
-    // The recovery checkpoint may point past the cut.
+    // The recovery checkpoint may point past the cut, and offsets after the cut will be
+    // written again, so the compacted part may end before where the cleaner checkpoint says.
     let _ = fs::remove_file(dir.join("checkpoint.json"));
+    let _ = fs::remove_file(dir.join(compact::CLEANER_FILE));
     crate::log::meta::fsync_dir(dir).map_err(io("syncing", dir))?;
+    drop(compaction);
     out.notes.push(format!(
         "cut at offset {}; the damaged files are kept in {}",
         d.offset,

@@ -91,6 +91,8 @@ pub struct Scan {
     /// Index entries for the frames scanned.
     pub index: SegmentIndex,
     pub frames: u64,
+    /// Records in the frames scanned (fewer than their offsets once compacted).
+    pub records: u64,
     /// Timestamp of the first record scanned, if any.
     pub first_ts: Option<i64>,
 }
@@ -112,6 +114,7 @@ pub fn scan(
         stop: ScanStop::End,
         index: SegmentIndex::default(),
         frames: 0,
+        records: 0,
         first_ts: None,
     };
     loop {
@@ -157,6 +160,7 @@ pub fn scan(
                 s.end += info.total_len;
                 s.next_offset = info.next_offset();
                 s.frames += 1;
+                s.records += info.record_count as u64;
             }
             FrameCheck::Incomplete => {
                 s.stop = ScanStop::Incomplete;

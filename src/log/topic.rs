@@ -17,8 +17,24 @@ use std::path::{Path, PathBuf};
 pub const TOPIC_KIND: &str = "kappa.topic";
 pub const DEFAULT_SEGMENT_BYTES: u64 = 128 << 20;
 pub const DEFAULT_SEGMENT_MS: u64 = 7 * 86_400_000;
+/// Kafka's `delete.retention.ms` default: tombstones outlive their segment by a day.
+pub const DEFAULT_DELETE_RETENTION_MS: u64 = 86_400_000;
+/// Kafka's `min.cleanable.dirty.ratio` default.
+pub const DEFAULT_MIN_CLEANABLE_DIRTY_RATIO: f64 = 0.5;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What happens to old records: `delete` (retention removes whole old segments),
+/// `compact` (only the latest record per key is kept), or both (`compact,delete`).
+pub const CLEANUP_POLICIES: [&str; 3] = ["delete", "compact", "compact,delete"];
+
+fn default_delete_retention_ms() -> u64 {
+    DEFAULT_DELETE_RETENTION_MS
+}
+
+fn default_min_cleanable_dirty_ratio() -> f64 {
+    DEFAULT_MIN_CLEANABLE_DIRTY_RATIO
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopicConfig {
     pub partitions: u32,
     /// Roll the active segment once it holds this many bytes.
@@ -29,8 +45,15 @@ pub struct TopicConfig {
     pub retention_bytes: Option<u64>,
     /// Delete segments whose newest record is older than this (null: no limit).
     pub retention_ms: Option<u64>,
-    /// Only `delete` is supported.
+    /// `delete`, `compact` or `compact,delete` (see CLEANUP_POLICIES).
     pub cleanup_policy: String,
+    /// Compaction keeps a key's tombstone (value `null`) until its segment was last written
+    /// this long ago, so readers that fall behind by less still see the deletion.
+    #[serde(default = "default_delete_retention_ms")]
+    pub delete_retention_ms: u64,
+    /// A partition is compacted once this share of its sealed bytes is not yet compacted.
+    #[serde(default = "default_min_cleanable_dirty_ratio")]
+    pub min_cleanable_dirty_ratio: f64,
 }
 
 impl TopicConfig {
@@ -42,6 +65,33 @@ impl TopicConfig {
             retention_bytes: None,
             retention_ms: None,
             cleanup_policy: "delete".into(),
+            delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
+            min_cleanable_dirty_ratio: DEFAULT_MIN_CLEANABLE_DIRTY_RATIO,
+        }
+    }
+
+    /// Whether compaction applies to the topic.
+    pub fn compacts(&self) -> bool {
+        self.cleanup_policy.split(',').any(|p| p == "compact")
+    }
+
+    /// Whether retention deletes old segments of the topic.
+    pub fn deletes(&self) -> bool {
+        self.cleanup_policy.split(',').any(|p| p == "delete")
+    }
+
+    /// The policy as stored from what a user wrote (`delete,compact` is `compact,delete`).
+    pub fn normalize_policy(p: &str) -> std::result::Result<String, String> {
+        let mut parts: Vec<&str> = p.split(',').map(str::trim).collect();
+        parts.sort_unstable();
+        parts.dedup();
+        let p = parts.join(",");
+        if CLEANUP_POLICIES.contains(&p.as_str()) {
+            Ok(p)
+        } else {
+            Err(format!(
+                "cleanup policy {p:?}: expected delete, compact or compact,delete"
+            ))
         }
     }
 
@@ -55,10 +105,16 @@ impl TopicConfig {
         if self.segment_bytes < 4096 {
             return Err(setup("segment bytes must be at least 4096"));
         }
-        if self.cleanup_policy != "delete" {
+        if !CLEANUP_POLICIES.contains(&self.cleanup_policy.as_str()) {
             return Err(setup(format!(
-                "cleanup policy {:?} is not supported (only \"delete\")",
+                "cleanup policy {:?} is not supported (delete, compact or compact,delete)",
                 self.cleanup_policy
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.min_cleanable_dirty_ratio) {
+            return Err(setup(format!(
+                "min cleanable dirty ratio {} is not between 0 and 1",
+                self.min_cleanable_dirty_ratio
             )));
         }
         Ok(())

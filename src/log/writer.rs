@@ -9,6 +9,7 @@
 //! missing, short or disagree with the scan are rebuilt.
 
 use crate::error::{setup, Error, Result};
+use crate::log::compact;
 use crate::log::format::*;
 use crate::log::index::{self, IndexEntry, IndexPolicy, SegmentIndex, TimeEntry};
 use crate::log::meta;
@@ -327,11 +328,15 @@ impl PartitionWriter {
     }
 
     /// Deletes whole sealed segments that retention no longer keeps. Returns what it did.
+    /// A compaction under way has the sealed segments: retention waits for a later round.
     pub fn apply_retention(&mut self, now: i64) -> Result<Vec<String>> {
         let (rb, rm) = (self.cfg.retention_bytes, self.cfg.retention_ms);
-        if rb.is_none() && rm.is_none() {
+        if (rb.is_none() && rm.is_none()) || !self.cfg.deletes() {
             return Ok(Vec::new());
         }
+        let Some(_compaction) = compact::try_lock(&self.dir)? else {
+            return Ok(Vec::new());
+        };
         let bases = segment::list_segments(&self.dir).map_err(io_err("listing", &self.dir))?;
         let mut sizes = Vec::with_capacity(bases.len());
         for b in &bases {
@@ -564,6 +569,10 @@ fn recover(
     notes: &mut Vec<String>,
 ) -> Result<(Active, u64)> {
     let sync = fsync != FsyncMode::Never;
+    // Sealed segments are compaction's while it runs: wait for it, then finish a swap that
+    // a crash interrupted before looking at any segment.
+    let _compaction = compact::lock(dir)?;
+    notes.extend(compact::finish_interrupted(dir)?);
     let mut bases = segment::list_segments(dir).map_err(io_err("listing", dir))?;
     clean_leftovers(dir, &bases);
     if bases.is_empty() {
@@ -580,9 +589,13 @@ fn recover(
             }
         };
     let cp = cp.filter(|_| !full);
+    // Compaction rewrites sealed segments: a checkpoint into one of those (the writer rolled
+    // after it was written) keeps its offsets but not its file positions.
+    let compacted_to = compact::clean_end(dir);
     let start_i = cp
         .and_then(|c| bases.binary_search(&c.segment).ok())
         .unwrap_or(0);
+    let cp = cp.filter(|c| c.segment >= compacted_to);
     let mut i = start_i;
     let mut expect: Option<u64> = None;
     loop {
@@ -746,6 +759,10 @@ fn recover(
         if s.next_offset == base {
             // Nothing intact in it: replace the whole segment.
             remove_segment(&path)?;
+        }
+        if compacted_to > s.next_offset {
+            // Offsets from the cut on will be written again: they are not compacted.
+            let _ = fs::remove_file(dir.join(compact::CLEANER_FILE));
         }
         if sync {
             meta::fsync_dir(dir).map_err(io_err("syncing", dir))?;

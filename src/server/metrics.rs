@@ -46,6 +46,9 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     pub follow_streams: AtomicU64,
     pub duplicates: AtomicU64,
+    pub compactions: AtomicU64,
+    /// Bytes of sealed segments that compaction rewrote away.
+    pub compacted_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -134,7 +137,7 @@ impl Metrics {
                 }
             }
         }
-        let scalars: [(&str, &str, &str, &AtomicU64); 6] = [
+        let scalars: [(&str, &str, &str, &AtomicU64); 8] = [
             (
                 "kappa_fsyncs_total",
                 "counter",
@@ -170,6 +173,18 @@ impl Metrics {
                 "counter",
                 "Retried producer batches answered without appending again",
                 &self.duplicates,
+            ),
+            (
+                "kappa_compactions_total",
+                "counter",
+                "Partition compactions of compact topics done in the background",
+                &self.compactions,
+            ),
+            (
+                "kappa_compacted_bytes_total",
+                "counter",
+                "Bytes of sealed segments removed by compaction",
+                &self.compacted_bytes,
             ),
         ];
         for (name, kind, help, v) in scalars {

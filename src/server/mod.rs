@@ -281,6 +281,7 @@ async fn run(o: Options, addr: SocketAddr) -> Result<()> {
         o.fsync
     ));
     let sweeper = tokio::spawn(sweep_groups(state.clone()));
+    let compactor = Compactor::start(state.clone())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -340,6 +341,10 @@ async fn run(o: Options, addr: SocketAddr) -> Result<()> {
         }
     }
     sweeper.abort();
+    // A compaction under way stops before its swap (or finishes a swap it began).
+    tokio::task::spawn_blocking(move || compactor.stop())
+        .await
+        .map_err(|e| setup(format!("stopping the compactor: {e}")))?;
     let handles: Vec<Arc<TopicHandle>> = {
         let t = state.topics.lock().unwrap_or_else(|e| e.into_inner());
         t.values().cloned().collect()
@@ -355,6 +360,92 @@ async fn run(o: Options, addr: SocketAddr) -> Result<()> {
     drop(owner);
     state.note("stopped");
     Ok(())
+}
+
+/// The background compaction of served `compact` topics: one thread that looks at every
+/// partition every few seconds and compacts those whose dirty share reached the topic's
+/// ratio. It needs no writer lock (see `log::compact`), so the topic writers append on
+/// while it works; their retention skips a round when it meets a compaction.
+struct Compactor {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Compactor {
+    fn start(state: Arc<State>) -> Result<Compactor> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("compactor".into())
+            .spawn(move || compact_loop(&state, &flag))
+            .map_err(|e| Error::io("starting the compactor", e))?;
+        Ok(Compactor { stop, thread })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+fn compact_loop(state: &State, stop: &std::sync::atomic::AtomicBool) {
+    use crate::log::compact::{self, Compaction, Options};
+    // A failing partition (damage waiting for `logd repair`) is reported once per message.
+    let mut reported: HashMap<PathBuf, String> = HashMap::new();
+    loop {
+        let deadline = Instant::now() + compact::INTERVAL;
+        while Instant::now() < deadline {
+            if stop.load(Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let names: Vec<String> = {
+            let t = state.topics.lock().unwrap_or_else(|e| e.into_inner());
+            t.keys().cloned().collect()
+        };
+        for name in names {
+            let Ok(cfg) = state.log.topic_config(&name) else {
+                continue;
+            };
+            if !cfg.compacts() {
+                continue;
+            }
+            for p in 0..cfg.partitions {
+                if stop.load(Relaxed) {
+                    return;
+                }
+                let Ok(dir) = state.log.partition_dir(&name, p) else {
+                    continue;
+                };
+                let o = Options {
+                    force: false,
+                    now_ms: crate::record::time::now_ms(),
+                    map_bytes: compact::DEFAULT_MAP_BYTES,
+                    cancel: Some(stop),
+                };
+                match compact::partition(&dir, &cfg, &o) {
+                    Ok(Compaction::Done(out)) => {
+                        reported.remove(&dir);
+                        state.metrics.compactions.fetch_add(1, Relaxed);
+                        state
+                            .metrics
+                            .compacted_bytes
+                            .fetch_add(out.bytes_before.saturating_sub(out.bytes_after), Relaxed);
+                        state.note(&format!("{name}/{p}: {}", out.describe()));
+                    }
+                    Ok(Compaction::Skipped(_)) => {}
+                    Err(e) => {
+                        let m = e.to_string();
+                        if reported.get(&dir) != Some(&m) {
+                            state.note(&format!("{name}/{p}: compaction failed: {m}"));
+                            reported.insert(dir, m);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Answers one request on a connection over the limit with 503, then closes it.

@@ -1,6 +1,7 @@
 //! The integration tests: every test runs the real binaries that cargo built.
 
 mod common;
+mod compact;
 mod fixtures;
 mod hostile;
 #[cfg(feature = "kafka")]
