@@ -181,6 +181,15 @@ scripts/gen-telemetry.sh "$n" 1795000000000 1000000 > "$work/keys.ndjson"
 cmd="'$bin/window' -q -j 2 --tumbling 1m --ts ts --by vehicle_id --agg '$agg' '$work/keys.ndjson'"
 t=$(best "$cmd"); row "window -j 2, 1M groups" "$t"
 printf '%58s %7d MB peak RSS\n' "" "$(peak "$cmd")"
+# Memory follows open windows x groups, not the input: 2 s windows over the same keys, then
+# over four times the records (four such windows one after another): the same peak.
+for m in 1 4; do
+  scripts/gen-telemetry.sh "$((n * m))" 1795000000000 1000000 > "$work/keys.ndjson"
+  cmd="'$bin/window' -q -j 2 --tumbling 2s --ts ts --by vehicle_id --agg '$agg' '$work/keys.ndjson'"
+  printf '%-58s %7d MB peak RSS (%d windows of 1M groups, one after another)\n' \
+    "window -j 2 --tumbling 2s, $((n * m)) records" "$(peak "$cmd")" "$m"
+done
+rm -f "$work/keys.ndjson"
 fi
 
 if want store; then

@@ -5,7 +5,7 @@
 #   power cuts at crash points                              (cargo test --features failpoints)
 #   fuzzing, when --fuzz SECONDS is given                   (scripts/fuzz.sh; nightly)
 #
-#   scripts/reliability.sh                  100 kills per fsync mode, 1000 trials, 60 s run
+#   scripts/reliability.sh                  200 kills per fsync mode, 1000 trials, 60 s run
 #   scripts/reliability.sh --short          the CI version: 10 kills, 150 trials, 15 s
 #   scripts/reliability.sh --fuzz 60 ...    also each fuzz target for 60 s
 # Other flags go to scripts/reliability.py (--only crash,corrupt,disk,concurrency, --seed N).

@@ -134,9 +134,12 @@ impl BadRecords {
             out.flush()
                 .map_err(|e| Error::io("writing dead letters", e))?;
             if sync {
-                out.get_ref()
-                    .sync_data()
-                    .map_err(|e| Error::io("syncing dead letters", e))?;
+                match out.get_ref().sync_data() {
+                    Ok(()) => {}
+                    // A pipe or terminal (`dead-letter /dev/stderr`): nothing to sync.
+                    Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {}
+                    Err(e) => return Err(Error::io("syncing dead letters", e)),
+                }
             }
         }
         Ok(())

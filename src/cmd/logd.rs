@@ -963,6 +963,26 @@ fn repair(log: &Log, r: RepairArgs) -> Result<()> {
             }
             Err(e) => return Err(e),
         };
+        // `produce --source` checkpoints are hints: a damaged one is dropped (a rerun then
+        // scans the topic for its marks, which are in the frames).
+        let sd = crate::log::sources::dir(&log.topic_dir(&t)?);
+        for e in std::fs::read_dir(&sd).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "json")
+                && crate::log::meta::read_checked::<crate::log::sources::SourceCheckpoint>(
+                    &path,
+                    crate::log::sources::KIND,
+                )
+                .is_err()
+            {
+                std::fs::remove_file(&path)
+                    .map_err(Error::io_with(|| format!("removing {}", path.display())))?;
+                stdout_line(&format!(
+                    "{t}: removed the damaged {} (the next `produce --source` scans the topic instead)",
+                    path.display()
+                ))?;
+            }
+        }
         for p in 0..cfg.partitions {
             let dir = log.partition_dir(&t, p)?;
             if !dir.is_dir() {

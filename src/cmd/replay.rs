@@ -2,6 +2,7 @@
 //! or timestamp order, as fast as possible or paced like the live feed. It is how history is
 //! reprocessed through a new transform, and how a recorded sensor dump is played back.
 
+use crate::cli::onerror::{BadRecords, OnError};
 use crate::cli::output::Output;
 use crate::cli::{progress, LogArgs};
 use crate::cmd::consume::{parse_start, Start};
@@ -54,8 +55,10 @@ A recorded dump instead of a log: --file PATH (repeatable; a directory means eve
 it, in name order) reads NDJSON objects (or CSV with a header row, --csv) and writes them in
 timestamp order by --ts FIELD (ties in file then line order), with the same pacing, without
 producing them into a log first. Lines are written as read; CSV rows become JSON objects (as
-produce --csv reads them). A line that is not an object, or without a readable --ts, is an
-error naming the file and line.
+produce --csv reads them). A bad line (not a JSON object, no readable --ts, not UTF-8, over
+--max-record-bytes, a ragged CSV row) follows --on-error: fail (the default) names the file
+and line and exits 1 before writing anything (the dump is sorted whole first); skip leaves it
+out; dead-letter FILE writes it to FILE as the other tools do.
 
 From a server: --server URL (with --token-file) replays a topic that `logd serve` holds, with
 the same range, order, pacing and output; a stream the server ends early (a restart) is
@@ -65,7 +68,8 @@ same way; --to latest is where each partition's reader catches up, and --group G
 
 const AFTER: &str = "\
 Exit status: 0 success (also when stdout is closed early, as by head); 1 damage found in the
-log or a bad line in a --file dump; 2 bad flags, no such topic, an unreadable file.
+log or a bad line in a --file dump (--on-error fail); 2 bad flags, no such topic, an
+unreadable file.
 
 Examples:
   replay -t telemetry --from @2026-11-01T00:00:00Z --to @2026-11-02T00:00:00Z | transform -f etl.v2.jq
@@ -134,6 +138,12 @@ pub struct Args {
     /// --file is CSV with a header row
     #[arg(long, requires = "file")]
     pub csv: bool,
+    /// A bad line in a --file dump: fail, skip, or dead-letter FILE
+    #[arg(long, num_args = 1..=2, value_names = ["MODE", "FILE"], default_value = "fail", requires = "file")]
+    pub on_error: Vec<String>,
+    /// Longest --file line accepted (bytes; KiB, MiB suffixes); a longer one is a bad line
+    #[arg(long, default_value = "1MiB", value_name = "SIZE", requires = "file")]
+    pub max_record_bytes: String,
     /// Print only each record's value
     #[arg(long, conflicts_with = "file")]
     pub value: bool,
@@ -547,6 +557,20 @@ fn write_in_parallel(
     })
 }
 
+/// A CSV row written back as a line (quoted where it needs to be), for a dead letter.
+fn csv_line(row: &csv::ByteRecord) -> Vec<u8> {
+    let mut w = csv::WriterBuilder::new()
+        .flexible(true)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    let _ = w.write_byte_record(row);
+    let mut out = w.into_inner().unwrap_or_default();
+    if out.last() == Some(&b'\n') {
+        out.pop();
+    }
+    out
+}
+
 /// The files a --file argument names: itself, or a directory's files in name order.
 fn dump_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
@@ -575,28 +599,43 @@ fn replay_files(
     let Some(ts_field) = a.ts.as_deref().map(FieldPath::parse) else {
         return Err(usage("--file needs --ts FIELD (the records' timestamps)"));
     };
+    let max = crate::record::time::parse_size(&a.max_record_bytes)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            usage(format!(
+                "--max-record-bytes {:?}: expected a size",
+                a.max_record_bytes
+            ))
+        })? as usize;
+    let mut bad = BadRecords::new("replay", OnError::parse(&a.on_error)?)?;
     // Every record as one line in `text`, with its timestamp; sorted stably, so ties keep
     // file and line order.
     let mut text: Vec<u8> = Vec::new();
     let mut recs: Vec<(i64, usize, usize)> = Vec::new();
     for f in dump_files(&a.file)? {
-        let bytes = std::fs::read(&f).map_err(|e| setup(format!("{}: {e}", f.display())))?;
-        let mut add = |no: usize, obj: &[u8]| -> Result<()> {
-            let found = fields::find(obj, None, Some(&ts_field))
-                .map_err(|e| Error::Data(format!("{}: line {no}: {e}", f.display())))?;
-            let raw = found.ts.ok_or_else(|| {
-                Error::Data(format!("{}: line {no}: no field {ts_field}", f.display()))
-            })?;
-            let ts = fields::ts_ms(&raw, None)
-                .map_err(|e| Error::Data(format!("{}: line {no}: {ts_field}: {e}", f.display())))?;
-            let at = text.len();
-            text.extend_from_slice(obj);
-            text.push(b'\n');
-            recs.push((ts, at, text.len()));
-            Ok(())
+        let where_ = format!("{}: ", f.display());
+        let mut add = |no: u64, obj: &[u8], bad: &mut BadRecords| -> Result<()> {
+            let ts = fields::find(obj, None, Some(&ts_field)).and_then(|found| {
+                let raw = found.ts.ok_or_else(|| format!("no field {ts_field}"))?;
+                fields::ts_ms(&raw, None).map_err(|e| format!("{ts_field}: {e}"))
+            });
+            match ts {
+                Ok(ts) => {
+                    let at = text.len();
+                    text.extend_from_slice(obj);
+                    text.push(b'\n');
+                    recs.push((ts, at, text.len()));
+                    Ok(())
+                }
+                Err(e) => bad.handle(&where_, no, &e, obj, None),
+            }
         };
+        let file = std::fs::File::open(&f).map_err(|e| setup(format!("{}: {e}", f.display())))?;
         if a.csv {
-            let mut rdr = csv::ReaderBuilder::new().from_reader(&bytes[..]);
+            let mut rdr = csv::ReaderBuilder::new()
+                .flexible(true)
+                .from_reader(std::io::BufReader::new(file));
             let headers: Vec<String> = rdr
                 .headers()
                 .map_err(|e| Error::Data(format!("{}: {e}", f.display())))?
@@ -604,22 +643,72 @@ fn replay_files(
                 .map(String::from)
                 .collect();
             let mut obj = Vec::new();
-            for (i, row) in rdr.records().enumerate() {
-                let row = row.map_err(|e| Error::Data(format!("{}: {e}", f.display())))?;
-                let cells: Vec<&str> = row.iter().collect();
-                obj.clear();
-                csvrow::write_object(&mut obj, &headers, &cells);
-                add(i + 2, &obj)?;
+            let mut row = csv::ByteRecord::new();
+            loop {
+                let at = rdr.position().line();
+                let read = rdr.read_byte_record(&mut row);
+                // The line the row starts on (a quoted field may span lines).
+                let no = row.position().map_or(at, |p| p.line());
+                match read {
+                    Ok(false) => break,
+                    Ok(true) => {
+                        let cells: Option<Vec<&str>> =
+                            row.iter().map(|c| std::str::from_utf8(c).ok()).collect();
+                        match cells {
+                            Some(cells) if cells.len() == headers.len() => {
+                                obj.clear();
+                                csvrow::write_object(&mut obj, &headers, &cells);
+                                add(no, &obj, &mut bad)?;
+                            }
+                            Some(cells) => bad.handle(
+                                &where_,
+                                no,
+                                &format!(
+                                    "{} fields where the header has {}",
+                                    cells.len(),
+                                    headers.len()
+                                ),
+                                &csv_line(&row),
+                                None,
+                            )?,
+                            None => bad.handle(&where_, no, "not UTF-8", &csv_line(&row), None)?,
+                        }
+                    }
+                    // A CSV syntax error ends the file: nothing after it can be trusted.
+                    Err(e) => {
+                        bad.handle(&where_, no, &e.to_string(), b"", None)?;
+                        break;
+                    }
+                }
             }
         } else {
-            for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
+            let mut lines = crate::record::lines::LineReader::new(file, max, None);
+            loop {
+                match lines
+                    .next_line()
+                    .map_err(|e| Error::io(format!("reading {}", f.display()), e))?
+                {
+                    crate::record::lines::Next::Line(l) => {
+                        if l.oversize {
+                            let e = format!("line longer than --max-record-bytes ({max} bytes)");
+                            bad.handle(&where_, l.no, &e, l.bytes, None)?;
+                        } else if !l.bytes.iter().all(u8::is_ascii_whitespace) {
+                            add(l.no, l.bytes, &mut bad)?;
+                        }
+                    }
+                    crate::record::lines::Next::Idle => {}
+                    crate::record::lines::Next::Eof => break,
                 }
-                add(i + 1, line)?;
             }
         }
+    }
+    bad.flush(true)?;
+    if bad.count > 0 {
+        crate::cli::note(
+            a.quiet,
+            "replay",
+            &format!("{} bad lines left out", bad.count),
+        );
     }
     recs.sort_by_key(|r| r.0);
     *pb = progress::records_bar(a.progress.wanted(), recs.len() as u64, "replay");

@@ -42,7 +42,7 @@ one result per window and group when the window closes. Windows:
 
   --tumbling SIZE             back-to-back windows [start, start + SIZE)
   --hopping SIZE --every STEP windows of SIZE starting every STEP (a record is in
-                              SIZE/STEP of them)
+                              SIZE/STEP of them, at most 100000)
   --session GAP               per group: records less than GAP apart share a session
                               [first ts, last ts + GAP); a record exactly GAP after the
                               last starts a new one
@@ -67,9 +67,10 @@ Aggregates (--agg, comma-separated, each optionally `as NAME`):
                      arrival order)
   count_distinct(.f) distinct JSON values (1 and 1.0 are one value)
 Default names: count, sum_f, avg_f, p95_f ... (a path's names joined by _: avg_pos_lat).
-Numeric aggregates skip nulls, missing fields and non-numbers (--with-skipped adds a
-`skipped` count of such records per window); the others skip nulls and missing fields. A sum
-of integers is an exact integer; avg and stddev are doubles.
+Numeric aggregates skip nulls, missing fields, non-numbers and numbers beyond a double's
+range such as 1e400 (--with-skipped adds a `skipped` count of such records per window); the
+others skip nulls and missing fields. A sum of integers is an exact integer; avg and stddev
+are doubles.
 
 Percentiles are exact (no approximation, no error bound to state): nearest rank, the value
 at rank ceil(p/100 * n) of the window's sorted values, the same as SQL's quantile_disc (DuckDB)
@@ -93,7 +94,12 @@ them with --input envelope). The key is the group's values joined by | (strings 
 null as nothing); null without --by. Results closed together are written by window end, then
 start, then group: the output depends only on the input, never on how it was batched, on
 --jobs or on timing. --emit update writes a result each time a record changes a window's
-result (a changelog: the last result per window is the final one), in input order.
+result (a changelog: the last result per window is the final one), in input order. A session
+that starts earlier than a result written for it, or that absorbs another session, first
+writes a retraction of each result that no longer stands: the same ts, key, window and group
+fields, with \"retracted\":true and no aggregates, so a table keyed by group and window
+start stays right:
+  window --session 30m --by driver --emit update | store --table trips --key driver,window_start_ms --delete-when .retracted
 
 Live input: results are flushed as soon as they are written. --idle-timeout DUR moves the
 watermark on by wall-clock time when no record has arrived for DUR, so a dashboard's last
@@ -300,6 +306,9 @@ struct Run {
     last_arrival: i64,
 }
 
+/// A hopping window's SIZE/STEP: each record is aggregated into that many windows.
+const MAX_WINDOWS_PER_RECORD: i64 = 100_000;
+
 pub fn run(a: Args) -> Result<()> {
     let kind = match (&a.tumbling, &a.hopping, &a.session) {
         (Some(t), None, None) => {
@@ -317,6 +326,13 @@ pub fn run(a: Args) -> Result<()> {
                 return Err(usage(
                     "--every must not be longer than --hopping (records would fall between windows)",
                 ));
+            }
+            if size / step > MAX_WINDOWS_PER_RECORD {
+                return Err(usage(format!(
+                    "--hopping {h} --every {}: each record would be in {} windows; at most {MAX_WINDOWS_PER_RECORD}",
+                    a.every.as_deref().unwrap_or(""),
+                    size / step
+                )));
             }
             Kind::Fixed {
                 size,

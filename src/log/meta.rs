@@ -53,6 +53,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let r = (|| {
         let mut f = File::create(&tmp)?;
         trace::created(&tmp);
+        trace::torn_write("atomic-write-torn", &mut f, bytes);
         f.write_all(bytes)?;
         trace::crash_point("atomic-write-before-sync");
         f.sync_all()?;

@@ -166,6 +166,12 @@ pub fn partition(dir: &Path, cfg: &TopicConfig, salvage: bool) -> Result<Outcome
     // lock again when the writer opens, so it is released before that).
     let compaction = compact::lock(dir)?;
     out.notes = compact::finish_interrupted(dir)?;
+    if let Err(e) = compact::read_checkpoint(dir) {
+        // Only where compaction stands: without it the next compaction maps more keys.
+        let _ = fs::remove_file(dir.join(compact::CLEANER_FILE));
+        out.notes
+            .push(format!("{e}: removed (the next compaction starts over)"));
+    }
     let bases = segment::list_segments(dir).map_err(io("listing", dir))?;
     let Some(d) = find_damage(dir, &bases)? else {
         drop(compaction);
@@ -288,8 +294,13 @@ pub fn partition(dir: &Path, cfg: &TopicConfig, salvage: bool) -> Result<Outcome
         .saturating_sub(cut)
         .saturating_sub(out.salvaged);
     out.notes.push(format!(
-        "{} records lost{}",
+        "{} records lost{}{}",
         out.lost,
+        if cfg.compacts() {
+            " at most (a compacted partition has offsets without records)"
+        } else {
+            ""
+        },
         if salvage || found.is_empty() {
             String::new()
         } else {

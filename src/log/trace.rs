@@ -8,6 +8,8 @@
 //! at the fourth pass) and then make the files look as a power cut would, from the trace
 //! this module writes to `$KAPPA_SYNC_TRACE`, one tab-separated event per line:
 //!
+//! `torn_write` is a crash point inside a write: part of the bytes reach the file first.
+//!
 //! ```text
 //! create  PATH             a new directory entry (durable after a dirsync of its directory)
 //! sync    PATH  LEN        PATH's first LEN bytes are durable
@@ -74,6 +76,20 @@ mod on {
 pub fn crash_point(_name: &str) {
     #[cfg(feature = "failpoints")]
     if fail::eval(_name, |_| ()).is_some() {
+        eprintln!("crash point {_name}");
+        std::process::abort();
+    }
+}
+
+/// A crash in the middle of a write: when `name` is armed, all of `bytes` but its last 5 is
+/// written to `f` (so the last index entry, of 16 or 24 bytes, is torn), then the process
+/// aborts, as a crash inside write(2) may leave a file.
+#[inline]
+pub fn torn_write(_name: &str, _f: &mut impl std::io::Write, _bytes: &[u8]) {
+    #[cfg(feature = "failpoints")]
+    if _bytes.len() > 5 && fail::eval(_name, |_| ()).is_some() {
+        let _ = _f.write_all(&_bytes[.._bytes.len() - 5]);
+        let _ = _f.flush();
         eprintln!("crash point {_name}");
         std::process::abort();
     }

@@ -238,12 +238,15 @@ fn check_index(
                 .push(format!("{}: {e} (being written)", ip.display()));
             return;
         }
+        // What fails to read is the file header (entries are read whatever they hold).
         (_, Err(e), _) => {
-            r.problems.push(format!("{}: {e}", ip.display()));
+            r.problems
+                .push(format!("{}: position 0: {e}", ip.display()));
             return;
         }
         (_, _, Err(e)) => {
-            r.problems.push(format!("{}: {e}", tp.display()));
+            r.problems
+                .push(format!("{}: position 0: {e}", tp.display()));
             return;
         }
     };
@@ -271,25 +274,36 @@ fn check_index(
             break;
         }
     }
-    if offs.len() > s.index.offsets.len() {
+    let (no, nt) = (s.index.offsets.len(), s.index.times.len());
+    if offs.len() > no {
         r.problems.push(format!(
-            "{}: {} entries point past the valid log",
+            "{}: position {}: {} entries point past the valid log",
             ip.display(),
-            offs.len() - s.index.offsets.len()
+            FILE_HEADER_LEN + no * INDEX_ENTRY_LEN,
+            offs.len() - no
         ));
     }
-    if times.len() > s.index.times.len() {
+    if times.len() > nt {
         r.problems.push(format!(
-            "{}: {} entries point past the valid log",
+            "{}: position {}: {} entries point past the valid log",
             tp.display(),
-            times.len() - s.index.times.len()
+            FILE_HEADER_LEN + nt * TIMEINDEX_ENTRY_LEN,
+            times.len() - nt
         ));
     }
     // A short index on the active segment is normal while a writer runs.
-    if !last && (offs.len() < s.index.offsets.len() || times.len() < s.index.times.len()) {
+    if !last && offs.len() < no {
         r.problems.push(format!(
-            "{}: index is short (rebuilt by `logd recover`)",
-            ip.display()
+            "{}: position {}: index is short (rebuilt by `logd recover`)",
+            ip.display(),
+            FILE_HEADER_LEN + offs.len() * INDEX_ENTRY_LEN
+        ));
+    }
+    if !last && times.len() < nt {
+        r.problems.push(format!(
+            "{}: position {}: index is short (rebuilt by `logd recover`)",
+            tp.display(),
+            FILE_HEADER_LEN + times.len() * TIMEINDEX_ENTRY_LEN
         ));
     }
 }

@@ -274,8 +274,10 @@ impl PartitionWriter {
         trace::crash_point("log-written-before-index");
         // Index entries go after the log bytes they point to; a crash in between leaves a
         // short index, which recovery completes.
+        trace::torn_write("index-write-torn", &mut self.seg.index, &self.ibuf);
         let r = self.seg.index.write_all(&self.ibuf).and_then(|_| {
             trace::crash_point("index-written-before-timeindex");
+            trace::torn_write("timeindex-write-torn", &mut self.seg.timeindex, &self.tbuf);
             self.seg.timeindex.write_all(&self.tbuf)
         });
         self.ibuf.clear();
@@ -592,10 +594,12 @@ fn recover(
     // Compaction rewrites sealed segments: a checkpoint into one of those (the writer rolled
     // after it was written) keeps its offsets but not its file positions.
     let compacted_to = compact::clean_end(dir);
+    // The segment holding the checkpoint's offsets (compaction may have merged it into the
+    // one before); segments before it were checked when they were sealed.
     let start_i = cp
-        .and_then(|c| bases.binary_search(&c.segment).ok())
+        .map(|c| bases.partition_point(|b| *b <= c.segment).saturating_sub(1))
         .unwrap_or(0);
-    let cp = cp.filter(|c| c.segment >= compacted_to);
+    let cp = cp.filter(|c| c.segment >= compacted_to && bases.binary_search(&c.segment).is_ok());
     let mut i = start_i;
     let mut expect: Option<u64> = None;
     loop {

@@ -9,7 +9,7 @@
 //! earliest and latest event time (ties: arrival order). Numeric aggregates skip nulls,
 //! missing fields and non-numbers; first, last and count_distinct skip nulls and missing.
 
-use super::extract::{Cell, CellKind};
+use super::extract::Cell;
 use super::Path;
 use crate::transform::value::write_f64;
 use rustc_hash::FxHashSet;
@@ -348,7 +348,7 @@ impl Acc {
         if aggs
             .numeric_fields
             .iter()
-            .any(|&f| cells[f].kind != CellKind::Num)
+            .any(|&f| cells[f].num().is_none())
         {
             self.skipped += 1;
         }

@@ -56,6 +56,8 @@ struct Session {
     start: i64,
     end: i64,
     slot: Slot,
+    /// `--emit update`: the window of the last result written for it.
+    shown: Option<(i64, i64)>,
 }
 
 struct Group {
@@ -63,9 +65,11 @@ struct Group {
     sessions: Vec<Session>,
 }
 
-/// One result waiting to be written, with its sort key.
+/// One result waiting to be written, with its sort key (k1, rank, k2, group).
 struct Item {
     k1: i64,
+    /// `--emit update`: a record's retractions (0) come before its update (1).
+    rank: u8,
     k2: i64,
     group: (usize, usize),
     line: (usize, usize),
@@ -100,31 +104,59 @@ impl Pending {
         self.groups.extend_from_slice(group);
         self.items.push(Item {
             k1: end,
+            rank: 0,
             k2: start,
             group: (g, self.groups.len()),
             line: (from, self.out.len()),
         });
     }
 
+    /// `--emit update`: a session result that no longer stands (its session started earlier
+    /// or was absorbed by another): written before the record's new result.
+    fn retract(&mut self, spec: &Spec, start: i64, end: i64, key: &[u8], seq: u64) {
+        let from = self.out.len();
+        render_head(spec, start, end, key, &mut self.out);
+        self.out.extend_from_slice(b",\"retracted\":true}}\n");
+        let g = self.groups.len();
+        self.items.push(Item {
+            k1: seq as i64,
+            rank: 0,
+            k2: start,
+            group: (g, g),
+            line: (from, self.out.len()),
+        });
+    }
+
     /// `--emit update`: the window's result when it differs from the last one written,
     /// sorted later by the record's arrival, then start.
-    fn update(&mut self, spec: &Spec, slot: &mut Slot, start: i64, end: i64, key: &[u8], seq: u64) {
+    /// Returns whether it wrote one.
+    fn update(
+        &mut self,
+        spec: &Spec,
+        slot: &mut Slot,
+        start: i64,
+        end: i64,
+        key: &[u8],
+        seq: u64,
+    ) -> bool {
         let from = self.out.len();
         render(spec, start, end, key, &mut slot.acc, &mut self.out);
         if self.out[from..] == slot.last[..] {
             self.out.truncate(from);
-            return;
+            return false;
         }
         slot.last.clear();
         slot.last.extend_from_slice(&self.out[from..]);
         let g = self.groups.len();
         self.items.push(Item {
             k1: seq as i64,
+            rank: 1,
             k2: start,
             // Updates sort by arrival and start alone: no group bytes needed.
             group: (g, g),
             line: (from, self.out.len()),
         });
+        true
     }
 
     fn clear(&mut self) {
@@ -227,12 +259,15 @@ impl Shard {
         let Some(g) = self.sessions.get_mut(key) else {
             return false;
         };
+        let update = spec.emit == Emit::Update;
         let mut hits: Vec<usize> = (0..g.sessions.len())
             .filter(|&i| {
                 let s = &g.sessions[i];
                 open(s) && s.start < new_end && r.ts < s.end
             })
             .collect();
+        // Windows of results written for sessions this record absorbs.
+        let mut shown: Vec<(i64, i64)> = Vec::new();
         let i = if hits.is_empty() {
             if new_end.saturating_add(spec.lateness) <= r.wm {
                 return false;
@@ -241,6 +276,7 @@ impl Shard {
                 start: r.ts,
                 end: new_end,
                 slot: Slot::new(&spec.aggs),
+                shown: None,
             });
             g.sessions.len() - 1
         } else {
@@ -257,6 +293,9 @@ impl Shard {
                 first.start = first.start.min(l.start);
                 first.end = first.end.max(l.end);
                 first.slot.acc.merge(l.slot.acc);
+                if let Some(w) = l.shown {
+                    shown.push(w);
+                }
             }
             g.sessions.push(first);
             g.sessions.len() - 1
@@ -267,9 +306,21 @@ impl Shard {
         add(&mut s.slot.acc);
         let (start, end) = (s.start, s.end);
         self.ends.push(Reverse((end, g.key.clone())));
-        if spec.emit == Emit::Update {
-            self.pending
-                .update(spec, &mut g.sessions[i].slot, start, end, key, r.seq);
+        if update {
+            // A result keyed by its group and start no longer stands once the session
+            // starts earlier or was absorbed: say so, then write the new one.
+            shown.extend(s.shown);
+            shown.sort_unstable();
+            for &(ws, we) in shown.iter().filter(|w| w.0 != start) {
+                self.pending.retract(spec, ws, we, key, r.seq);
+            }
+            let s = &mut g.sessions[i];
+            if self
+                .pending
+                .update(spec, &mut s.slot, start, end, key, r.seq)
+            {
+                s.shown = Some((start, end));
+            }
         }
         true
     }
@@ -341,6 +392,13 @@ impl Shard {
 
 /// One result line: an envelope without provenance, ts = window end - 1 ms.
 fn render(spec: &Spec, start: i64, end: i64, group: &[u8], acc: &mut Acc, out: &mut Vec<u8>) {
+    render_head(spec, start, end, group, out);
+    acc.write(&spec.aggs, out, spec.with_skipped);
+    out.extend_from_slice(b"}}\n");
+}
+
+/// A result line up to its aggregates: ts, key, the window and the group fields.
+fn render_head(spec: &Spec, start: i64, end: i64, group: &[u8], out: &mut Vec<u8>) {
     let mut ib = itoa::Buffer::new();
     out.extend_from_slice(b"{\"ts\":");
     out.extend_from_slice(ib.format(end.saturating_sub(1)).as_bytes());
@@ -364,8 +422,6 @@ fn render(spec: &Spec, start: i64, end: i64, group: &[u8], acc: &mut Acc, out: &
         out.push(b':');
         write_value(out, t, v);
     }
-    acc.write(&spec.aggs, out, spec.with_skipped);
-    out.extend_from_slice(b"}}\n");
 }
 
 /// The main thread's side: the watermark, arrival numbers, positions covered, and the shards.
@@ -500,10 +556,12 @@ impl Engine {
         let item = |&(s, i): &(usize, usize)| &shards[s].pending.items[i];
         all.sort_unstable_by(|a, b| {
             let (x, y) = (item(a), item(b));
-            (x.k1, x.k2).cmp(&(y.k1, y.k2)).then_with(|| {
-                shards[a.0].pending.groups[x.group.0..x.group.1]
-                    .cmp(&shards[b.0].pending.groups[y.group.0..y.group.1])
-            })
+            (x.k1, x.rank, x.k2)
+                .cmp(&(y.k1, y.rank, y.k2))
+                .then_with(|| {
+                    shards[a.0].pending.groups[x.group.0..x.group.1]
+                        .cmp(&shards[b.0].pending.groups[y.group.0..y.group.1])
+                })
         });
         for a in &all {
             let it = item(a);
@@ -535,6 +593,7 @@ impl Engine {
                         end: 0,
                         group: b64(g),
                         acc: slot.acc.clone(),
+                        shown: None,
                     });
                 }
             }
@@ -545,6 +604,7 @@ impl Engine {
                         end: x.end,
                         group: b64(&g.key),
                         acc: x.slot.acc.clone(),
+                        shown: x.shown,
                     });
                 }
             }
@@ -610,6 +670,7 @@ impl Engine {
                             start: w.start,
                             end: w.end,
                             slot,
+                            shown: w.shown,
                         });
                 }
             }
@@ -636,4 +697,7 @@ pub struct Saved {
     pub end: i64,
     pub group: String,
     pub acc: Acc,
+    /// Sessions under `--emit update`: the window of the last result written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown: Option<(i64, i64)>,
 }

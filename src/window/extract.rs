@@ -44,9 +44,10 @@ impl Cell {
         !matches!(self.kind, CellKind::Missing | CellKind::Null)
     }
 
+    /// The number, when it is one a double can hold (1e400 is not: it counts as skipped).
     #[inline]
     pub fn num(&self) -> Option<Num> {
-        (self.kind == CellKind::Num).then_some(self.n)
+        (self.kind == CellKind::Num && self.n.f.is_finite()).then_some(self.n)
     }
 
     pub fn raw<'a>(&self, text: &'a [u8]) -> &'a [u8] {
@@ -79,8 +80,9 @@ impl Cell {
                     None if self.n.f.fract() == 0.0 && self.n.f.abs() < 9.0e15 => {
                         ib.format(self.n.f as i64)
                     }
-                    // Parsed from JSON text, so finite.
-                    None => fb.format_finite(self.n.f),
+                    None if self.n.f.is_finite() => fb.format_finite(self.n.f),
+                    // Beyond f64 (1e400): the number as written.
+                    None => std::str::from_utf8(raw).unwrap_or_default(),
                 };
                 push_encoded(out, tag::NUM, text.as_bytes());
             }
@@ -346,7 +348,9 @@ impl Extractor {
                 Some(m) if m.kind == Kind::Num => {
                     let t = std::str::from_utf8(m.value(line)).unwrap_or_default();
                     match t.parse::<i64>() {
-                        Ok(v) => v,
+                        // Beyond ±9e15 ms (year 287,000) no window arithmetic is meaningful.
+                        Ok(v) if v.unsigned_abs() < 9_000_000_000_000_000 => v,
+                        Ok(_) => return Err(format!("envelope ts out of range: {t}")),
                         Err(_) => t
                             .parse::<f64>()
                             .ok()

@@ -327,12 +327,19 @@ fn repair_cuts_or_salvages_a_damaged_sealed_segment() {
 fn a_damaged_time_index_never_makes_a_time_seek_skip_records() {
     let e = Env::new();
     // Timestamps out of order within a range, many frames per segment (one per produce).
-    e.ok("logd", &["topics", "create", "t", "--segment-bytes", "1MiB"], b"");
+    e.ok(
+        "logd",
+        &["topics", "create", "t", "--segment-bytes", "1MiB"],
+        b"",
+    );
     for i in 0..40 {
         let mut s = String::new();
         for j in 0..120i64 {
             let ts = i * 50_000 + (j * 7919) % 60_000;
-            s.push_str(&format!("{{\"ts\":{ts},\"i\":{i},\"j\":{j},\"pad\":\"{}\"}}\n", "p".repeat(40)));
+            s.push_str(&format!(
+                "{{\"ts\":{ts},\"i\":{i},\"j\":{j},\"pad\":\"{}\"}}\n",
+                "p".repeat(40)
+            ));
         }
         e.produce("t", &["--ts", "ts"], &s);
     }
@@ -341,7 +348,9 @@ fn a_damaged_time_index_never_makes_a_time_seek_skip_records() {
     let good = fs::read(&tix).unwrap();
     let entries = (good.len() - 32) / 24;
     assert!(entries > 10, "{entries} time index entries");
-    let targets = ["@0", "@123456", "@700000", "@1200000", "@1950000", "@2100000"];
+    let targets = [
+        "@0", "@123456", "@700000", "@1200000", "@1950000", "@2100000",
+    ];
     let want: Vec<String> = targets
         .iter()
         .map(|t| e.consume("t", &["--from", t, "--max", "2"]))
@@ -349,7 +358,13 @@ fn a_damaged_time_index_never_makes_a_time_seek_skip_records() {
     // Every entry's max_ts_before lowered, raised, or its offset or position changed: a
     // time seek gives the same records each time, before any recovery.
     for k in 0..entries {
-        for (field, delta) in [(0usize, -30_000i64), (0, 30_000), (0, i64::MIN / 2), (8, 1), (16, 7)] {
+        for (field, delta) in [
+            (0usize, -30_000i64),
+            (0, 30_000),
+            (0, i64::MIN / 2),
+            (8, 1),
+            (16, 7),
+        ] {
             let mut b = good.clone();
             let at = 32 + k * 24 + field;
             let v = i64::from_le_bytes(b[at..at + 8].try_into().unwrap());
