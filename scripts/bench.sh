@@ -3,7 +3,8 @@
 # file (cat, dd, jq), since the machine is shared and noisy. Each command runs RUNS times and
 # the best wall time is kept (jq and mlr, much slower, run once). Usage: scripts/bench.sh [RECORDS]
 # (default 2,000,000). ONLY="window transform" runs just those sections (after the baselines);
-# the sections are produce, consume, latency, transform, window, store, replay, serve and kafka
+# the sections are produce, consume, latency, transform, window, compact, store, replay, serve
+# and kafka
 # (kafka needs tansu: KAPPA_TANSU or the one .ci/run installs, and kafka-python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -190,6 +191,27 @@ for m in 1 4; do
     "window -j 2 --tumbling 2s, $((n * m)) records" "$(peak "$cmd")" "$m"
 done
 rm -f "$work/keys.ndjson"
+fi
+
+if want compact; then
+echo "== logd compact: $n records of 100,000 keys (20 updates a key), 16 MiB segments, beside copying the files"
+scripts/gen-telemetry.sh "$n" 1795000000000 100000 > "$work/keyed.ndjson"
+clog0="$work/clog0"; clog="$work/clog"
+rm -rf "$clog0"
+"$bin/logd" --log "$clog0" topics create cfg --cleanup-policy compact --segment-bytes 16MiB
+"$bin/produce" --log "$clog0" -q -t cfg --key vehicle_id --ts ts --fsync never "$work/keyed.ndjson"
+segs=$(du -sb "$clog0/topics/cfg/0" | cut -f1)
+t_cp=$(best "rm -rf '$clog'; cp -r '$clog0' '$clog'"); printf '%-58s %7.3f s %8.1f MB/s\n' "baseline: cp -r of the log ($((segs / 1000000)) MB)" "$t_cp" "$(echo "$segs / $t_cp / 1000000" | bc -l)"
+t_rd=$(best "cat '$clog0'/topics/cfg/0/*.log"); printf '%-58s %7.3f s %8.1f MB/s\n' "baseline: cat of the segments" "$t_rd" "$(echo "$segs / $t_rd / 1000000" | bc -l)"
+t_co=$(best "rm -rf '$clog'; cp -r '$clog0' '$clog'; '$bin/logd' --log '$clog' compact --force")
+t_c=$(echo "$t_co - $t_cp" | bc -l)
+printf '%-58s %7.3f s %8.1f MB/s  %.2fx cp -r\n' "logd compact --force (less the copy)" "$t_c" "$(echo "$segs / $t_c / 1000000" | bc -l)" "$(echo "$t_cp / $t_c" | bc -l)"
+rm -rf "$clog"; cp -r "$clog0" "$clog"; "$bin/logd" --log "$clog" compact --force | sed 's/^/  /'
+after=$(du -sb "$clog/topics/cfg/0" | cut -f1)
+printf '  partition bytes: %d MB before, %.1f MB after\n' "$((segs / 1000000))" "$(echo "$after / 1000000" | bc -l)"
+t_full=$(best "'$bin/consume' --log '$clog0' -t cfg --value"); printf '%-58s %7.3f s\n' "consume --value, before compaction" "$t_full"
+t_comp=$(best "'$bin/consume' --log '$clog' -t cfg --value"); printf '%-58s %7.3f s\n' "consume --value, compacted" "$t_comp"
+rm -rf "$clog" "$clog0" "$work/keyed.ndjson"
 fi
 
 if want store; then

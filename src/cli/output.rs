@@ -47,6 +47,12 @@ impl Output {
         Ok(false)
     }
 
+    /// Appends one whole line (or record) and flushes when the buffer is full.
+    pub fn line(&mut self, bytes: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(bytes);
+        self.record_done().map(|_| ())
+    }
+
     /// Writes what is buffered, then `bytes` straight from the caller's buffer (a large
     /// chunk needs no copy into ours).
     pub fn write_through(&mut self, bytes: &[u8]) -> Result<()> {

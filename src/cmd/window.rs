@@ -641,7 +641,7 @@ impl Run {
         }
         let before = e.results;
         e.close(e.wm, self.pool.as_ref());
-        e.write_results(&mut self.out.buf);
+        e.write_results(|line| self.out.line(line))?;
         if e.results != before {
             self.out.flush()?;
             self.save_state(false)?;
@@ -742,7 +742,7 @@ impl Run {
         }
         let e = &mut self.engine;
         e.close(e.wm, self.pool.as_ref());
-        e.write_results(&mut self.out.buf);
+        e.write_results(|line| self.out.line(line))?;
         self.out.record_done()?;
         batch.text.clear();
         batch.lines.clear();
@@ -763,7 +763,7 @@ impl Run {
         }
         let e = &mut self.engine;
         e.close(i64::MAX, self.pool.as_ref());
-        e.write_results(&mut self.out.buf);
+        e.write_results(|line| self.out.line(line))?;
         Ok(())
     }
 

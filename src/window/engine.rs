@@ -87,27 +87,39 @@ pub struct Shard {
     late: Vec<(u32, u32)>,
 }
 
-/// Results written by a shard and not yet merged into stdout's order.
+/// A closed window's state, rendered only when it is written (a million groups closing
+/// at once then cost their states, not their states and their text).
+struct Closed {
+    end: i64,
+    start: i64,
+    group: Box<[u8]>,
+    acc: Acc,
+}
+
+impl Closed {
+    fn order(&self) -> (i64, i64, &[u8]) {
+        (self.end, self.start, &self.group)
+    }
+}
+
+/// Results written by a shard and not yet merged into stdout's order: `--emit update`'s as
+/// text with their sort keys, `--emit final`'s as closed windows (the two never mix).
 #[derive(Default)]
 struct Pending {
     out: Vec<u8>,
     groups: Vec<u8>,
     items: Vec<Item>,
+    closed: Vec<Closed>,
 }
 
 impl Pending {
     /// A closed window's result (`--emit final`), sorted later by (end, start, group).
-    fn result(&mut self, spec: &Spec, start: i64, end: i64, group: &[u8], acc: &mut Acc) {
-        let from = self.out.len();
-        render(spec, start, end, group, acc, &mut self.out);
-        let g = self.groups.len();
-        self.groups.extend_from_slice(group);
-        self.items.push(Item {
-            k1: end,
-            rank: 0,
-            k2: start,
-            group: (g, self.groups.len()),
-            line: (from, self.out.len()),
+    fn result(&mut self, start: i64, end: i64, group: Box<[u8]>, acc: Acc) {
+        self.closed.push(Closed {
+            end,
+            start,
+            group,
+            acc,
         });
     }
 
@@ -159,10 +171,18 @@ impl Pending {
         true
     }
 
+    /// Empties the buffers; ones grown large by a big close are let go, so memory follows
+    /// the open windows rather than the largest close so far.
     fn clear(&mut self) {
+        const KEEP: usize = 16 << 20;
+        if self.out.capacity() > KEEP || self.closed.capacity() > KEEP / 64 {
+            *self = Pending::default();
+            return;
+        }
         self.out.clear();
         self.groups.clear();
         self.items.clear();
+        self.closed.clear();
     }
 }
 
@@ -339,8 +359,8 @@ impl Shard {
                     }
                     let map = e.remove();
                     if fin {
-                        for (g, mut slot) in map {
-                            self.pending.result(spec, start, end, &g, &mut slot.acc);
+                        for (g, slot) in map {
+                            self.pending.result(start, end, g, slot.acc);
                         }
                     }
                 }
@@ -367,9 +387,9 @@ impl Shard {
                     }
                     let empty = g.sessions.is_empty();
                     if fin {
-                        for mut s in closed {
+                        for s in closed {
                             self.pending
-                                .result(spec, s.start, s.end, &key, &mut s.slot.acc);
+                                .result(s.start, s.end, (*key).into(), s.slot.acc);
                         }
                     }
                     if empty {
@@ -546,8 +566,12 @@ impl Engine {
         }
     }
 
-    /// Appends the pending results of every shard to `out`, in their one order.
-    pub fn write_results(&mut self, out: &mut Vec<u8>) {
+    /// Hands the pending results of every shard to `emit`, one line at a time, in their one
+    /// order (so a close of a million groups is written as it goes, not copied whole first).
+    pub fn write_results<E>(
+        &mut self,
+        mut emit: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut all: Vec<(usize, usize)> = Vec::new();
         for (si, s) in self.shards.iter().enumerate() {
             all.extend((0..s.pending.items.len()).map(|i| (si, i)));
@@ -565,12 +589,40 @@ impl Engine {
         });
         for a in &all {
             let it = item(a);
-            out.extend_from_slice(&shards[a.0].pending.out[it.line.0..it.line.1]);
+            emit(&shards[a.0].pending.out[it.line.0..it.line.1])?;
         }
         self.results += all.len() as u64;
+        // Closed windows: each shard's sorted, then merged by taking the least head (there
+        // are as few shards as jobs), each rendered as it is written.
+        for s in &mut self.shards {
+            s.pending
+                .closed
+                .sort_unstable_by(|a, b| a.order().cmp(&b.order()));
+        }
+        let mut at = vec![0usize; self.shards.len()];
+        let mut line = Vec::new();
+        loop {
+            let mut best: Option<usize> = None;
+            for (i, s) in self.shards.iter().enumerate() {
+                let Some(c) = s.pending.closed.get(at[i]) else {
+                    continue;
+                };
+                if best.is_none_or(|b| c.order() < self.shards[b].pending.closed[at[b]].order()) {
+                    best = Some(i);
+                }
+            }
+            let Some(b) = best else { break };
+            let c = &mut self.shards[b].pending.closed[at[b]];
+            at[b] += 1;
+            line.clear();
+            render(&self.spec, c.start, c.end, &c.group, &mut c.acc, &mut line);
+            emit(&line)?;
+            self.results += 1;
+        }
         for s in &mut self.shards {
             s.pending.clear();
         }
+        Ok(())
     }
 
     /// Open windows (× groups) now.
