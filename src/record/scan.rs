@@ -2,8 +2,10 @@
 //! without building values. It is what makes a record cheap to look into: `transform` finds
 //! the envelope's parts and a program's fields by position, and copies untouched bytes.
 //!
-//! The scan accepts exactly what [`crate::transform::value::parse`] accepts (strict JSON, the same depth
-//! limit), so a line is never good on one path and bad on the other. It also tells whether
+//! The scan accepts exactly what [`crate::transform::value::parse`] accepts in valid UTF-8
+//! text (strict JSON, the same depth limit), so a line is never good on one path and bad on
+//! the other; it checks the UTF-8 of strings itself (all else must be ASCII), so an accepted
+//! text is valid UTF-8 without a separate pass over it. It also tells whether
 //! each value is *plain*: written back by jaq it would come out byte for byte the same
 //! (compact, no escapes, no duplicate keys, no `-0`), so its text can be copied as is.
 
@@ -185,8 +187,9 @@ fn no_repeats(text: &[u8], members: &[Member]) -> bool {
         .all(|(i, m)| members[..i].iter().all(|o| key(o) != key(m)))
 }
 
-/// The position of the first `"`, `\\` or control character in `b`, eight bytes at a time
-/// (strings in records are short, where a call to memchr costs more than the search).
+/// The position of the first `"`, `\\`, control character or non-ASCII byte in `b`, eight
+/// bytes at a time (strings in records are short, where a call to memchr costs more than the
+/// search).
 #[inline]
 fn special(b: &[u8]) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
@@ -201,7 +204,8 @@ fn special(b: &[u8]) -> Option<usize> {
         // lowest flagged byte is exact, which is the only one used.
         let m = (quote.wrapping_sub(LO) & !quote)
             | (slash.wrapping_sub(LO) & !slash)
-            | (w.wrapping_sub(LO * 0x20) & !w);
+            | (w.wrapping_sub(LO * 0x20) & !w)
+            | w;
         let m = m & HI;
         if m != 0 {
             return Some(i + (m.trailing_zeros() / 8) as usize);
@@ -210,7 +214,7 @@ fn special(b: &[u8]) -> Option<usize> {
     }
     b[i..]
         .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))
         .map(|p| i + p)
 }
 
@@ -266,6 +270,18 @@ impl Scanner<'_> {
                         }
                         _ => return None,
                     }
+                }
+                // UTF-8: one whole, well-formed character (no overlong form, no surrogate).
+                c if c >= 0x80 => {
+                    let n = match c {
+                        0xc2..=0xdf => 2,
+                        0xe0..=0xef => 3,
+                        0xf0..=0xf4 => 4,
+                        _ => return None,
+                    };
+                    let ch = self.b.get(self.i..self.i + n)?;
+                    std::str::from_utf8(ch).ok()?;
+                    self.i += n;
                 }
                 // A control character: invalid inside a string.
                 _ => return None,
@@ -402,8 +418,23 @@ mod tests {
     proptest! {
         #[test]
         fn special_finds_the_first(b in prop::collection::vec(prop::sample::select(vec![b'a', b'"', b'\\', 0x1f, 0x7f, 0x80, 0xa0, 0xff, b' ']), 0..40)) {
-            let want = b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+            let want = b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20 || c >= 0x80);
             prop_assert_eq!(special(&b), want);
+        }
+
+        /// Whatever bytes a string holds, the scan accepts the text exactly when it is valid
+        /// UTF-8 and the parser accepts it.
+        #[test]
+        fn strings_are_valid_utf8_when_accepted(inner in prop::collection::vec(prop::sample::select(vec![
+            b'a', b' ', 0x7f, 0x80, 0xbf, 0xc0, 0xc2, 0xc3, 0xa9, 0xe0, 0xa0, 0xed, 0xa0, 0xef, 0xbb, 0xf0, 0x90, 0xf4, 0xf5, 0xff,
+        ]), 0..12)) {
+            let mut text = b"{\"k\":\"".to_vec();
+            text.extend_from_slice(&inner);
+            text.extend_from_slice(b"\"}");
+            let mut sc = Scan::default();
+            let ok = scan_object(&text, &mut sc);
+            let want = std::str::from_utf8(&text).is_ok() && crate::transform::value::parse(&text).is_ok();
+            prop_assert_eq!(ok, want, "{:?}", text);
         }
 
         /// The scan and the value parser agree on what is valid, and a plain object is

@@ -709,6 +709,9 @@ fn ts_of(v: Option<Val>) -> Result<Option<i64>, String> {
 
 /// Why a line that did not scan as an object is bad (the parser names the column).
 pub fn not_an_object(line: &[u8]) -> String {
+    if let Err(err) = std::str::from_utf8(line) {
+        return format!("invalid UTF-8 at byte {}", err.valid_up_to() + 1);
+    }
     match value::parse(line) {
         Err(e) => e.to_string(),
         Ok(_) => "expected a JSON object".into(),

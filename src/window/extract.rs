@@ -246,10 +246,8 @@ impl Extractor {
         sc: &mut Scratch,
         c: &mut Chunk,
     ) -> Result<(i64, Option<Prov>), String> {
+        // No UTF-8 pass here: the scans below check strings' UTF-8, the rest must be ASCII.
         let line = &text[s..e];
-        if let Err(err) = std::str::from_utf8(line) {
-            return Err(format!("invalid UTF-8 at byte {}", err.valid_up_to() + 1));
-        }
         // In auto mode a line without the bytes "topic" (and no escape, so no escaped key)
         // is plain, and is scanned once for its fields.
         let maybe_env = match self.input {
