@@ -43,9 +43,9 @@ test_row() {
 
 # The power-cut tests build the tools with crash points; the hostile-input test then builds
 # them back without, and the battery runs those.
-test_row "power cuts" "7 crash points at several passes, files cut to their last fsync, recovery, --source rerun" \
+test_row "power cuts" "10 crash points of produce and 7 of compaction at several passes, files cut to their last fsync, seeks before recovery, recovery, --source rerun" \
   --features failpoints --test cli powercut
-test_row "hostile input" "bad-input corpus and a 100 MB line through produce, transform, window, store in every --on-error mode" \
+test_row "hostile input" "bad-input corpus and a 100 MB line through produce, transform, window, store, replay --file in every --on-error mode, and logd serve" \
   --test cli hostile
 # The battery last, so its table (with the rows above appended) ends the output.
 python3 scripts/reliability.py --bin "$CARGO_TARGET_DIR/release" --rows "$rows" "${args[@]}" || status=1

@@ -782,7 +782,7 @@ pub const INTERVAL: Duration = Duration::from_secs(5);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::reader::PartitionReader;
+    use crate::log::reader::{read_all, PartitionReader};
     use crate::log::writer::{FsyncMode, PartitionWriter};
     use proptest::prelude::*;
     use std::collections::HashMap;
@@ -790,20 +790,14 @@ mod tests {
     /// (offset, ts, key, value)
     type Row = (u64, i64, Option<Vec<u8>>, Vec<u8>);
 
-    fn read_all(dir: &Path) -> Vec<Row> {
-        let mut r = PartitionReader::open(dir).unwrap();
-        let mut out = Vec::new();
-        while let Some(f) = r.next_frame().unwrap() {
-            for rec in f.records() {
-                out.push((
-                    rec.offset,
-                    rec.timestamp,
-                    rec.key.map(|k| k.to_vec()),
-                    rec.value.to_vec(),
-                ));
-            }
-        }
-        out
+    /// A partition directory of a `compact` topic with 4 KiB segments.
+    fn compact_topic() -> (tempfile::TempDir, PathBuf, TopicConfig) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p");
+        let mut cfg = TopicConfig::new(1);
+        cfg.segment_bytes = 4096;
+        cfg.cleanup_policy = "compact".into();
+        (tmp, dir, cfg)
     }
 
     fn opts(force: bool, map_bytes: usize) -> Options<'static> {
@@ -929,11 +923,7 @@ mod tests {
 
     #[test]
     fn tombstones_go_after_the_delete_retention() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("p");
-        let mut cfg = TopicConfig::new(1);
-        cfg.segment_bytes = 4096;
-        cfg.cleanup_policy = "compact".into();
+        let (_tmp, dir, mut cfg) = compact_topic();
         let mut all = Vec::new();
         let rows: Vec<(Option<u8>, Vec<u8>)> = (0..400u32)
             .map(|i| {
@@ -972,11 +962,7 @@ mod tests {
 
     #[test]
     fn a_source_keeps_its_last_mark() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("p");
-        let mut cfg = TopicConfig::new(1);
-        cfg.segment_bytes = 4096;
-        cfg.cleanup_policy = "compact".into();
+        let (_tmp, dir, cfg) = compact_topic();
         let mut w = PartitionWriter::open(&dir, &cfg, FsyncMode::Never, false).unwrap();
         w.set_source("dump");
         let mut last = SourcePos::default();
@@ -1020,11 +1006,7 @@ mod tests {
 
     #[test]
     fn an_interrupted_swap_is_finished_by_recovery() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("p");
-        let mut cfg = TopicConfig::new(1);
-        cfg.segment_bytes = 4096;
-        cfg.cleanup_policy = "compact".into();
+        let (tmp, dir, cfg) = compact_topic();
         let mut all = Vec::new();
         let rows: Vec<(Option<u8>, Vec<u8>)> = (0..600u32)
             .map(|i| (Some((i % 5) as u8), vec![b'v'; 30]))
@@ -1105,11 +1087,7 @@ mod tests {
 
     #[test]
     fn damage_is_never_compacted() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("p");
-        let mut cfg = TopicConfig::new(1);
-        cfg.segment_bytes = 4096;
-        cfg.cleanup_policy = "compact".into();
+        let (_tmp, dir, cfg) = compact_topic();
         let mut all = Vec::new();
         write(&dir, &cfg, &vec![(Some(1), vec![b'v'; 100]); 200], &mut all);
         let p = log_path(&dir, 0);

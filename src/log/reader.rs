@@ -482,3 +482,21 @@ fn hint_ok(bytes: &[u8], pos: usize, offset: u64) -> bool {
         && pos < bytes.len()
         && matches!(check_frame(&bytes[pos..]), FrameCheck::Ok(i) if i.base_offset == offset)
 }
+
+/// Every record of a partition as (offset, timestamp, key, value), for the log's tests.
+#[cfg(test)]
+pub(crate) fn read_all(dir: &Path) -> Vec<(u64, i64, Option<Vec<u8>>, Vec<u8>)> {
+    let mut r = PartitionReader::open(dir).unwrap();
+    let mut out = Vec::new();
+    while let Some(f) = r.next_frame().unwrap() {
+        for rec in f.records() {
+            out.push((
+                rec.offset,
+                rec.timestamp,
+                rec.key.map(|k| k.to_vec()),
+                rec.value.to_vec(),
+            ));
+        }
+    }
+    out
+}

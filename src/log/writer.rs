@@ -785,26 +785,8 @@ fn remove_segment(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::reader::PartitionReader;
+    use crate::log::reader::{read_all, PartitionReader};
     use proptest::prelude::*;
-
-    type Row = (u64, i64, Option<Vec<u8>>, Vec<u8>);
-
-    fn read_all(dir: &Path) -> Vec<Row> {
-        let mut r = PartitionReader::open(dir).unwrap();
-        let mut out = Vec::new();
-        while let Some(f) = r.next_frame().unwrap() {
-            for rec in f.records() {
-                out.push((
-                    rec.offset,
-                    rec.timestamp,
-                    rec.key.map(|k| k.to_vec()),
-                    rec.value.to_vec(),
-                ));
-            }
-        }
-        out
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
