@@ -782,13 +782,10 @@ pub const INTERVAL: Duration = Duration::from_secs(5);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::reader::{read_all, PartitionReader};
+    use crate::log::reader::{read_all, PartitionReader, Row};
     use crate::log::writer::{FsyncMode, PartitionWriter};
     use proptest::prelude::*;
     use std::collections::HashMap;
-
-    /// (offset, ts, key, value)
-    type Row = (u64, i64, Option<Vec<u8>>, Vec<u8>);
 
     /// A partition directory of a `compact` topic with 4 KiB segments.
     fn compact_topic() -> (tempfile::TempDir, PathBuf, TopicConfig) {

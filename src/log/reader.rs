@@ -483,9 +483,13 @@ fn hint_ok(bytes: &[u8], pos: usize, offset: u64) -> bool {
         && matches!(check_frame(&bytes[pos..]), FrameCheck::Ok(i) if i.base_offset == offset)
 }
 
-/// Every record of a partition as (offset, timestamp, key, value), for the log's tests.
+/// A record as the log's tests compare them: (offset, timestamp, key, value).
 #[cfg(test)]
-pub(crate) fn read_all(dir: &Path) -> Vec<(u64, i64, Option<Vec<u8>>, Vec<u8>)> {
+pub(crate) type Row = (u64, i64, Option<Vec<u8>>, Vec<u8>);
+
+/// Every record of a partition, for the log's tests.
+#[cfg(test)]
+pub(crate) fn read_all(dir: &Path) -> Vec<Row> {
     let mut r = PartitionReader::open(dir).unwrap();
     let mut out = Vec::new();
     while let Some(f) = r.next_frame().unwrap() {
