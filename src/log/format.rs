@@ -593,6 +593,17 @@ fn parse_record(b: &[u8], offset: u64) -> Option<(Record<'_>, usize)> {
     ))
 }
 
+/// The offset of the last record of a frame that `check_frame` accepted (None when a sparse
+/// frame kept none). A sparse frame's last record may sit well before its next offset.
+pub fn last_record_offset(frame: &[u8], info: &FrameInfo) -> Option<u64> {
+    if !info.sparse {
+        return Some(info.next_offset() - 1);
+    }
+    let n = (info.record_count as usize).checked_sub(1)?;
+    let at = info.records_end + n * DELTA_LEN;
+    Some(info.base_offset + u32_at(frame, at) as u64)
+}
+
 /// Iterates the records of a frame that `check_frame` accepted.
 pub struct RecordIter<'a> {
     body: &'a [u8],

@@ -275,6 +275,15 @@ impl PartitionReader {
                         continue;
                     }
                     let from = self.from.max(info.base_offset);
+                    // A compacted frame may keep nothing at or after `from`: the caller is
+                    // promised records, so read on.
+                    if info.sparse && {
+                        let seg = self.cur.as_ref().expect("checked above");
+                        let frame = &seg.map.bytes()[pos..pos + info.total_len];
+                        last_record_offset(frame, &info).is_none_or(|o| o < from)
+                    } {
+                        continue;
+                    }
                     let seg = self.cur.as_ref().expect("checked above");
                     let bytes = &seg.map.bytes()[pos..pos + info.total_len];
                     return Ok(Some(FrameRef { bytes, info, from }));
