@@ -446,6 +446,17 @@ impl Consumer {
                     }
                     let part = &mut parts[i];
                     let Some(frame) = part.reader.next_frame()? else {
+                        // Caught up: the reader's position is the group's, as in Kafka.
+                        // Offsets that compaction left without records count as read, so a
+                        // group's lag can reach 0.
+                        let pos = part.reader.position();
+                        let pos = part.end.map_or(pos, |e| pos.min(e));
+                        let read = part
+                            .written
+                            .or_else(|| self.committed.get(&part.p).copied());
+                        if read.is_none_or(|w| pos > w) {
+                            part.written = Some(pos);
+                        }
                         if !a.follow {
                             part.done = true;
                         }

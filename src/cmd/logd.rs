@@ -588,11 +588,7 @@ fn describe(log: &Log, name: &str, json: bool) -> Result<()> {
         }
         let (first_ts, last_ts) = first_last_ts(&dir, &bases);
         // Compaction leaves gaps between offsets: count what is there.
-        let records = if c.compacts() {
-            count_records(&mut r, earliest)?
-        } else {
-            latest - earliest
-        };
+        let records = crate::log::compact::records_held(&dir, &c, &mut r, (earliest, latest))?;
         rows.push(serde_json::json!({
             "partition": p, "earliest": earliest, "latest": latest, "records": records,
             "first_ts": first_ts, "last_ts": last_ts, "segments": bases.len(), "bytes": bytes,
@@ -642,16 +638,6 @@ fn describe(log: &Log, name: &str, json: bool) -> Result<()> {
         ))?;
     }
     Ok(())
-}
-
-/// Records actually held from `from` on (every frame read and checked).
-fn count_records(r: &mut PartitionReader, from: u64) -> Result<u64> {
-    r.seek(from)?;
-    let mut n = 0u64;
-    while let Some(f) = r.next_frame()? {
-        n += f.records().count() as u64;
-    }
-    Ok(n)
 }
 
 /// `logd compact`: every partition of the selected compacted topics (all of them by default).
@@ -709,43 +695,60 @@ fn human_ms(ms: u64) -> String {
     }
 }
 
-/// Timestamp of the first record of the partition and of its last record.
+/// Timestamp of the first record of the partition and of its last record. Compaction may
+/// have left segments (the active one too) without records: look further in.
 fn first_last_ts(dir: &std::path::Path, bases: &[u64]) -> (Option<i64>, Option<i64>) {
-    use crate::log::format::{check_frame, FrameCheck, RecordIter, FILE_HEADER_LEN};
+    use crate::log::format::RecordIter;
     let mut first = None;
+    for i in 0..bases.len() {
+        walk_frames(dir, bases, i, |frame, info| {
+            first = RecordIter::new(frame, info).next().map(|r| r.timestamp);
+            first.is_none()
+        });
+        if first.is_some() {
+            break;
+        }
+    }
     let mut last = None;
-    for (i, b) in bases.iter().enumerate() {
-        let Ok(f) = File::open(log_path(dir, *b)) else {
-            continue;
-        };
-        let Ok(m) = Mapped::of(&f) else { continue };
-        let bytes = m.bytes();
-        let limit = bases.get(i + 1).copied();
-        let mut pos = FILE_HEADER_LEN;
-        let mut off = *b;
-        while pos < bytes.len() && limit != Some(off) {
-            let FrameCheck::Ok(info) = check_frame(&bytes[pos..]) else {
-                break;
-            };
-            let frame = &bytes[pos..pos + info.total_len];
-            if first.is_none() {
-                first = RecordIter::new(frame, &info).next().map(|r| r.timestamp);
+    for i in (0..bases.len()).rev() {
+        walk_frames(dir, bases, i, |frame, info| {
+            if let Some(r) = RecordIter::new(frame, info).last() {
+                last = Some(r.timestamp);
             }
-            if i + 1 == bases.len() || limit == Some(info.next_offset()) {
-                last = RecordIter::new(frame, &info)
-                    .last()
-                    .map(|r| r.timestamp)
-                    .or(last);
-            }
-            pos += info.total_len;
-            off = info.next_offset();
-            // Only the first frame of the first segment and the frames of the last matter.
-            if first.is_some() && i + 1 < bases.len() && limit != Some(off) {
-                break;
-            }
+            true
+        });
+        if last.is_some() {
+            break;
         }
     }
     (first, last)
+}
+
+/// The intact frames of segment `i`, in order, while `more` asks for them.
+fn walk_frames(
+    dir: &std::path::Path,
+    bases: &[u64],
+    i: usize,
+    mut more: impl FnMut(&[u8], &crate::log::format::FrameInfo) -> bool,
+) {
+    use crate::log::format::{check_frame, FrameCheck, FILE_HEADER_LEN};
+    let Ok(f) = File::open(log_path(dir, bases[i])) else {
+        return;
+    };
+    let Ok(m) = Mapped::of(&f) else { return };
+    let bytes = m.bytes();
+    let limit = bases.get(i + 1).copied();
+    let (mut pos, mut off) = (FILE_HEADER_LEN, bases[i]);
+    while pos < bytes.len() && limit != Some(off) {
+        let FrameCheck::Ok(info) = check_frame(&bytes[pos..]) else {
+            return;
+        };
+        if !more(&bytes[pos..pos + info.total_len], &info) {
+            return;
+        }
+        pos += info.total_len;
+        off = info.next_offset();
+    }
 }
 
 fn groups(log: &Log, g: GroupsCmd) -> Result<()> {

@@ -10,7 +10,9 @@
 //! skipped. So a mirror killed at any moment, even between a write and its checkpoint,
 //! restarts with no gap and no duplicate, provided it is the only writer of the destination
 //! partitions. Records land in order (the idempotent producer keeps a partition's order), so
-//! a count is a position.
+//! a count is a position, as long as the local records after the checkpoint are all still
+//! there; where compaction or retention removed some, the landed ones are matched by content
+//! (`resume_point`).
 
 use super::read::{self, Polled, Positions, Verdict};
 use super::Cluster;
@@ -21,7 +23,7 @@ use crate::log::{meta, names, FsyncMode, Log, PartitionReader, PartitionWriter, 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -74,22 +76,101 @@ fn save(path: &Path, c: &Checkpoint) -> Result<()> {
         .map_err(Error::io_with(|| path.display().to_string()))
 }
 
-/// Reads Kafka partition `p` from `from` to its end: (records found, next offset after the
-/// last one, or `from` when none).
-fn count_to_end(cluster: &Cluster, topic: &str, p: u32, from: u64) -> Result<(u64, u64)> {
+/// What identifies a copied record on both sides: key, value and headers (not the
+/// timestamp, which a broker set to LogAppendTime rewrites).
+fn content_hash<'h>(
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same in the one process that hashes both sides.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    value.hash(&mut h);
+    for (n, v) in headers {
+        n.hash(&mut h);
+        v.hash(&mut h);
+    }
+    h.finish()
+}
+
+fn local_hash(rec: &crate::log::format::Record<'_>) -> u64 {
+    // Header names go to Kafka as strings (to_kafka_headers), so hash them as sent.
+    let names: Vec<(String, &[u8])> = rec
+        .headers()
+        .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v))
+        .collect();
+    content_hash(
+        rec.key,
+        rec.value,
+        names.iter().map(|(n, v)| (n.as_bytes(), *v)),
+    )
+}
+
+/// Where a partition resumes locally, given the content hashes of the records that landed in
+/// Kafka past the checkpoint. While the local records from the checkpoint on are dense,
+/// each landed record is the next one of them, so the count is the position. Once
+/// compaction or retention has removed some of them, counting would skip records never
+/// sent: the local records are then matched in order against the landed ones, and the
+/// first without a match is the first not sent (a removed record's copy is passed over; a
+/// record never sent cannot match, unless it repeats the key, value and headers of one that
+/// compaction removed, which Kafka then holds already).
+fn resume_point(r: &mut PartitionReader, local: u64, landed: &[u64]) -> Result<Option<u64>> {
+    r.seek(local)?;
+    let mut next = r.position();
+    let mut dense = next == local;
+    let mut j = 0;
+    while j < landed.len() {
+        let Some(f) = r.next_frame()? else { break };
+        for rec in f.records() {
+            if j == landed.len() {
+                break;
+            }
+            if dense && rec.offset != next {
+                dense = false;
+            }
+            if dense {
+                j += 1;
+            } else {
+                let h = local_hash(&rec);
+                match landed[j..].iter().position(|x| *x == h) {
+                    Some(k) => j += k + 1,
+                    None => return Ok(Some(next)),
+                }
+            }
+            next = rec.offset + 1;
+        }
+    }
+    // Records left over in Kafka past every local one: in a dense range, another writer;
+    // otherwise the copies of records removed here since (tombstones dropped at the end of
+    // the range leave offsets without records there).
+    let removed = !dense || r.end_offset()? > next;
+    Ok((j == landed.len() || removed).then_some(next))
+}
+
+/// Reads Kafka partition `p` from `from` to its end: the content hashes of the records
+/// found, and the next offset after the last one (`from` when none).
+fn landed_since(cluster: &Cluster, topic: &str, p: u32, from: u64) -> Result<(Vec<u64>, u64)> {
     let c = read::consumer(cluster)?;
     let (lo, _) = read::watermarks(cluster, &c, topic, p)?;
     let from = from.max(lo);
     read::assign(&c, topic, &[(p, from)])?;
     let mut pos = Positions::default();
     pos.start(p, from, lo);
-    let mut n = 0;
+    let mut n = Vec::new();
     loop {
         match read::poll(&c, POLL)? {
             Polled::Message(m) => {
                 let o = m.offset().max(0) as u64;
                 if pos.on_record(cluster, &c, topic, p, o)? == Verdict::Deliver {
-                    n += 1;
+                    let headers = m.headers();
+                    let hs = headers.iter().flat_map(|hs| hs.iter());
+                    n.push(content_hash(
+                        m.key(),
+                        m.payload().unwrap_or_default(),
+                        hs.map(|h| (h.key.as_bytes(), h.value.unwrap_or_default())),
+                    ));
                 }
             }
             Polled::Eof(q) if q == p => {
@@ -184,26 +265,14 @@ pub fn to_kafka(j: &Job<'_>) -> Result<()> {
                 kafka: 0,
             },
         };
-        let (landed, kafka_end) = count_to_end(j.cluster, j.to_topic, p, pair.kafka)?;
-        r.seek(pair.local)?;
-        let mut skip = landed;
-        let mut next_local = r.position();
-        while skip > 0 {
-            let Some(f) = r.next_frame()? else { break };
-            for rec in f.records() {
-                if skip == 0 {
-                    break;
-                }
-                skip -= 1;
-                next_local = rec.offset + 1;
-            }
-        }
-        if skip > 0 {
+        let (landed, kafka_end) = landed_since(j.cluster, j.to_topic, p, pair.kafka)?;
+        let Some(next_local) = resume_point(&mut r, pair.local, &landed)? else {
             return Err(Error::Data(format!(
-                "partition {p}: Kafka holds {landed} records past the checkpoint, more than the local log has: another writer? ({})",
+                "partition {p}: Kafka holds {} records past the checkpoint, more than the local log has: another writer? ({})",
+                landed.len(),
                 path.display()
             )));
-        }
+        };
         r.seek(next_local)?;
         let end = r.end_offset()?;
         ck.partitions.insert(

@@ -186,6 +186,26 @@ pub fn read_checkpoint(dir: &Path) -> std::result::Result<Option<CleanerCheckpoi
     meta::read_checked(&dir.join(CLEANER_FILE), CLEANER_KIND)
 }
 
+/// Records a partition holds from `earliest` to `latest`: the offset range, unless compaction
+/// has thinned it (the topic compacts, or did: a cleaner checkpoint is there), when every
+/// frame is read and its records counted.
+pub fn records_held(
+    dir: &Path,
+    cfg: &TopicConfig,
+    r: &mut crate::log::PartitionReader,
+    (earliest, latest): (u64, u64),
+) -> Result<u64> {
+    if !cfg.compacts() && !dir.join(CLEANER_FILE).exists() {
+        return Ok(latest - earliest);
+    }
+    r.seek(earliest)?;
+    let mut n = 0u64;
+    while let Some(f) = r.next_frame()? {
+        n += f.records().count() as u64;
+    }
+    Ok(n)
+}
+
 /// Where the compacted part ends (0 when never compacted or the checkpoint is unreadable:
 /// that only costs the next pass more memory).
 pub fn clean_end(dir: &Path) -> u64 {
@@ -963,66 +983,70 @@ mod tests {
 
     #[test]
     fn a_source_keeps_its_last_mark() {
-        let (_tmp, dir, cfg) = compact_topic();
-        let mut w = PartitionWriter::open(&dir, &cfg, FsyncMode::Never, false).unwrap();
-        w.set_source("dump");
-        let mut last = SourcePos::default();
-        for i in 0..500u64 {
-            let v = vec![b'v'; 50];
-            w.append(&RecordRef {
-                timestamp: i as i64,
-                key: Some(b"same"),
-                value: &v,
-                headers: &[],
-                header_count: 0,
-                value_is_json: false,
-            })
-            .unwrap();
-            last = SourcePos {
-                file: 0,
-                bytes: (i + 1) * 51,
-                lines: i + 1,
-                records: i + 1,
-            };
-            w.mark(last);
-            if i % 3 == 0 {
-                w.flush().unwrap();
+        // The source's key is either its own, or one a later writer supersedes: then its
+        // last marked frame keeps no record, only the mark, and must still be found.
+        for (key, superseded) in [(&b"same"[..], false), (&b"k\x01"[..], true)] {
+            let (_tmp, dir, cfg) = compact_topic();
+            let mut w = PartitionWriter::open(&dir, &cfg, FsyncMode::Never, false).unwrap();
+            w.set_source("dump");
+            let mut last = SourcePos::default();
+            for i in 0..500u64 {
+                let v = vec![b'v'; 50];
+                w.append(&RecordRef {
+                    timestamp: i as i64,
+                    key: Some(key),
+                    value: &v,
+                    headers: &[],
+                    header_count: 0,
+                    value_is_json: false,
+                })
+                .unwrap();
+                last = SourcePos {
+                    file: 0,
+                    bytes: (i + 1) * 51,
+                    lines: i + 1,
+                    records: i + 1,
+                };
+                w.mark(last);
+                if i % 3 == 0 {
+                    w.flush().unwrap();
+                }
             }
+            w.close().unwrap();
+            // Another writer seals the source's segments behind unmarked ones.
+            let mut all = Vec::new();
+            write(&dir, &cfg, &vec![(Some(1), vec![b'z'; 100]); 100], &mut all);
+            let before = crate::log::sources::last_mark(&dir, 0, "dump").unwrap();
+            assert_eq!(before, Some(last));
+            compact_all(&dir, &cfg, DEFAULT_MAP_BYTES);
+            for from in [0, 250, 499] {
+                assert_eq!(
+                    crate::log::sources::last_mark(&dir, from, "dump").unwrap(),
+                    Some(last),
+                    "superseded {superseded}, from {from}"
+                );
+            }
+            verify_clean(&dir);
+            let rows = read_all(&dir);
+            assert!(rows.len() < 100, "{} records left", rows.len());
+            let kept = rows.iter().filter(|r| r.3 == vec![b'v'; 50]).count();
+            assert_eq!(kept, usize::from(!superseded), "superseded {superseded}");
         }
-        w.close().unwrap();
-        // Another writer seals the source's segments behind an unmarked one.
-        let mut all = Vec::new();
-        write(&dir, &cfg, &vec![(Some(1), vec![b'z'; 100]); 50], &mut all);
-        let before = crate::log::sources::last_mark(&dir, 0, "dump").unwrap();
-        assert_eq!(before, Some(last));
-        compact_all(&dir, &cfg, DEFAULT_MAP_BYTES);
-        assert_eq!(
-            crate::log::sources::last_mark(&dir, 0, "dump").unwrap(),
-            Some(last)
-        );
-        verify_clean(&dir);
-        let rows = read_all(&dir);
-        assert!(rows.len() < 100, "{} records left", rows.len());
     }
 
-    #[test]
-    fn an_interrupted_swap_is_finished_by_recovery() {
-        let (tmp, dir, cfg) = compact_topic();
-        let mut all = Vec::new();
-        let rows: Vec<(Option<u8>, Vec<u8>)> = (0..600u32)
-            .map(|i| (Some((i % 5) as u8), vec![b'v'; 30]))
-            .collect();
-        write(&dir, &cfg, &rows, &mut all);
-        // Stage what a compaction writes before its marker, then a marker, by hand: run a
-        // compaction into a copy and move its outputs and marker back.
-        let copy = tmp.path().join("copy");
+    /// Stages what a compaction killed in mid-swap leaves: outputs, marker, the first output
+    /// renamed in. Returns the segment bases compaction produces and a copy compacted whole.
+    fn stage_interrupted_swap(tmp: &Path, dir: &Path, cfg: &TopicConfig) -> (Vec<u64>, PathBuf) {
+        let copy = tmp.join("copy");
         std::fs::create_dir(&copy).unwrap();
-        for e in std::fs::read_dir(&dir).unwrap().flatten() {
-            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.') {
+                std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+            }
         }
-        let bases = segment::list_segments(&dir).unwrap();
+        let bases = segment::list_segments(dir).unwrap();
         assert!(matches!(
-            partition(&copy, &cfg, &opts(true, DEFAULT_MAP_BYTES)).unwrap(),
+            partition(&copy, cfg, &opts(true, DEFAULT_MAP_BYTES)).unwrap(),
             Compaction::Done(_)
         ));
         // The state just after the marker: outputs staged, originals untouched.
@@ -1033,7 +1057,7 @@ mod tests {
             if i + 1 == after.len() {
                 break;
             }
-            std::fs::copy(log_path(&copy, b), cleaned_path(&dir, b)).unwrap();
+            std::fs::copy(log_path(&copy, b), cleaned_path(dir, b)).unwrap();
             swaps.push(Swap {
                 base: b,
                 end,
@@ -1051,7 +1075,22 @@ mod tests {
         meta::write_checked(&dir.join(MARKER_FILE), MARKER_KIND, &marker).unwrap();
         // Rename the first output already, as a crash in mid-swap would leave it.
         let first = marker.swaps[0].base;
-        std::fs::rename(cleaned_path(&dir, first), log_path(&dir, first)).unwrap();
+        std::fs::rename(cleaned_path(dir, first), log_path(dir, first)).unwrap();
+        (after, copy)
+    }
+
+    fn interrupted_rows() -> Vec<(Option<u8>, Vec<u8>)> {
+        (0..600u32)
+            .map(|i| (Some((i % 5) as u8), vec![b'v'; 30]))
+            .collect()
+    }
+
+    #[test]
+    fn an_interrupted_swap_is_finished_by_recovery() {
+        let (tmp, dir, cfg) = compact_topic();
+        let mut all = Vec::new();
+        write(&dir, &cfg, &interrupted_rows(), &mut all);
+        let (after, copy) = stage_interrupted_swap(tmp.path(), &dir, &cfg);
         let w = PartitionWriter::open(&dir, &cfg, FsyncMode::Batch, false).unwrap();
         assert!(
             w.recovery
@@ -1069,6 +1108,76 @@ mod tests {
             expected(&all, *after.last().unwrap(), false)
         );
         verify_clean(&dir);
+    }
+
+    #[test]
+    fn retention_beside_a_writer_finishes_an_interrupted_swap_first() {
+        // A writer runs on; a `logd compact` beside it is killed in mid-swap; the writer's
+        // next retention round must not delete a segment the swap still names.
+        let (tmp, dir, mut cfg) = compact_topic();
+        cfg.cleanup_policy = "compact,delete".into();
+        let mut all = Vec::new();
+        write(&dir, &cfg, &interrupted_rows(), &mut all);
+        let keep_little = TopicConfig {
+            retention_bytes: Some(1),
+            ..cfg.clone()
+        };
+        let mut w = PartitionWriter::open(&dir, &keep_little, FsyncMode::Batch, false).unwrap();
+        let (after, _copy) = stage_interrupted_swap(tmp.path(), &dir, &cfg);
+        let notes = w.apply_retention(crate::record::time::now_ms()).unwrap();
+        assert!(
+            notes.iter().any(|n| n.contains("interrupted compaction")),
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("retention deleted")),
+            "{notes:?}"
+        );
+        assert!(!dir.join(MARKER_FILE).exists());
+        w.close().unwrap();
+        // Only the active segment is left, and the partition opens and checks clean.
+        assert_eq!(
+            segment::list_segments(&dir).unwrap(),
+            [*after.last().unwrap()]
+        );
+        let w = PartitionWriter::open(&dir, &cfg, FsyncMode::Batch, false).unwrap();
+        assert_eq!(w.next_offset(), all.len() as u64);
+        w.close().unwrap();
+        verify_clean(&dir);
+    }
+
+    #[test]
+    fn a_stale_recovery_checkpoint_into_a_compacted_segment_is_not_trusted_without_cleaner_json() {
+        // A writer checkpoints, rolls past that segment and dies before its next checkpoint;
+        // compaction rewrites the segment; cleaner.json is lost (repair removes a damaged
+        // one). The checkpoint's position means nothing in the new file.
+        let (_tmp, dir, cfg) = compact_topic();
+        let mut all = Vec::new();
+        let rows: Vec<(Option<u8>, Vec<u8>)> = (0..200u32)
+            .map(|i| (if i % 10 == 0 { Some(1) } else { None }, vec![b'v'; 30]))
+            .collect();
+        write(&dir, &cfg, &rows, &mut all);
+        // A synced close writes the checkpoint (the helper's writers never sync).
+        PartitionWriter::open(&dir, &cfg, FsyncMode::Batch, false)
+            .unwrap()
+            .close()
+            .unwrap();
+        let cp = dir.join(crate::log::writer::CHECKPOINT_FILE);
+        let stale = std::fs::read(&cp).unwrap();
+        write(&dir, &cfg, &rows, &mut all);
+        compact_all(&dir, &cfg, DEFAULT_MAP_BYTES);
+        std::fs::write(&cp, stale).unwrap();
+        std::fs::remove_file(dir.join(CLEANER_FILE)).unwrap();
+        let w = PartitionWriter::open(&dir, &cfg, FsyncMode::Batch, false).unwrap();
+        assert!(
+            !w.recovery.iter().any(|n| n.contains("damage")),
+            "{:?}",
+            w.recovery
+        );
+        assert_eq!(w.next_offset(), all.len() as u64);
+        w.close().unwrap();
+        verify_clean(&dir);
+        assert_eq!(read_all(&dir), expected(&all, sealed_end(&dir), false));
     }
 
     #[test]

@@ -219,7 +219,8 @@ impl PartitionReader {
         Ok(s.next_offset)
     }
 
-    /// The next frame with records at or after the position, or None when caught up.
+    /// The next frame with records at or after the position (or a compacted frame keeping
+    /// only a source mark), or None when caught up.
     /// Damage is an error naming the file, position and offset.
     pub fn next_frame(&mut self) -> Result<Option<FrameRef<'_>>> {
         loop {
@@ -275,9 +276,9 @@ impl PartitionReader {
                         continue;
                     }
                     let from = self.from.max(info.base_offset);
-                    // A compacted frame may keep nothing at or after `from`: the caller is
-                    // promised records, so read on.
-                    if info.sparse && {
+                    // A compacted frame may keep nothing at or after `from`: read on, unless
+                    // it carries a source mark (kept for `produce --source` to find).
+                    if info.sparse && info.mark_start == info.total_len && {
                         let seg = self.cur.as_ref().expect("checked above");
                         let frame = &seg.map.bytes()[pos..pos + info.total_len];
                         last_record_offset(frame, &info).is_none_or(|o| o < from)

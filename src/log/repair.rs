@@ -17,7 +17,6 @@ use crate::log::topic::TopicConfig;
 use crate::log::writer::{lock_partition, FsyncMode, PartitionWriter};
 use crate::record::time::now_ms;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// What `repair` found and did in one partition.
@@ -234,26 +233,38 @@ pub fn partition(dir: &Path, cfg: &TopicConfig, salvage: bool) -> Result<Outcome
             let _ = fs::remove_file(path.with_extension(ext));
         }
     }
-    // Cut the damaged segment: keep its intact frames, or give it a fresh header.
-    let mut f = OpenOptions::new()
-        .write(true)
-        .open(&seg_path)
-        .map_err(io("opening", &seg_path))?;
-    if d.pos == 0 {
-        f.set_len(0).map_err(io("truncating", &seg_path))?;
-        let header = FileHeader {
-            magic: *LOG_MAGIC,
-            base_offset: bases[d.seg],
-            created_ms: now_ms(),
-        };
-        f.write_all(&header.encode())
-            .map_err(io("writing", &seg_path))?;
-    } else if d.pos != usize::MAX {
-        f.set_len(d.pos as u64)
-            .map_err(io("truncating", &seg_path))?;
+    // Cut the damaged segment: keep its intact frames, or give it a fresh header. The cut
+    // copy is renamed over the segment rather than the file shrunk in place, since a reader
+    // that has the segment mapped would get SIGBUS past the new end.
+    if d.pos != usize::MAX {
+        let tmp = dir.join(format!(
+            ".{}.{}.repair.tmp",
+            bases[d.seg],
+            std::process::id()
+        ));
+        let cut = (|| -> std::io::Result<()> {
+            if d.pos == 0 {
+                let header = FileHeader {
+                    magic: *LOG_MAGIC,
+                    base_offset: bases[d.seg],
+                    created_ms: now_ms(),
+                };
+                fs::write(&tmp, header.encode())?;
+            } else {
+                fs::copy(&seg_path, &tmp)?;
+                OpenOptions::new()
+                    .write(true)
+                    .open(&tmp)?
+                    .set_len(d.pos as u64)?;
+            }
+            File::open(&tmp)?.sync_all()?;
+            fs::rename(&tmp, &seg_path)
+        })();
+        if let Err(e) = cut {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(format!("cutting {}", seg_path.display()), e));
+        }
     }
-    f.sync_all().map_err(io("fsync of", &seg_path))?;
-    drop(f);
     // The recovery checkpoint may point past the cut, and offsets after the cut will be
     // written again, so the compacted part may end before where the cleaner checkpoint says.
     let _ = fs::remove_file(dir.join("checkpoint.json"));

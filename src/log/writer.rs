@@ -28,7 +28,7 @@ pub const FRAME_TARGET: usize = 64 << 10;
 /// Finished frames are written out in chunks of about this size.
 const WRITE_CHUNK: usize = 1 << 20;
 pub const CHECKPOINT_KIND: &str = "kappa.checkpoint";
-const CHECKPOINT_FILE: &str = "checkpoint.json";
+pub(crate) const CHECKPOINT_FILE: &str = "checkpoint.json";
 const LOCK_FILE: &str = ".lock";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -339,6 +339,13 @@ impl PartitionWriter {
         let Some(_compaction) = compact::try_lock(&self.dir)? else {
             return Ok(Vec::new());
         };
+        // A compaction killed mid-swap (beside this writer) left segments that its marker
+        // names: finish it first, or deleting one of them would leave a swap that cannot be
+        // finished. If it cannot be finished now, delete nothing.
+        let mut done = match compact::finish_interrupted(&self.dir) {
+            Ok(notes) => notes,
+            Err(e) => return Ok(vec![format!("retention skipped: {e}")]),
+        };
         let bases = segment::list_segments(&self.dir).map_err(io_err("listing", &self.dir))?;
         let mut sizes = Vec::with_capacity(bases.len());
         for b in &bases {
@@ -349,7 +356,6 @@ impl PartitionWriter {
             );
         }
         let mut total: u64 = sizes.iter().sum();
-        let mut done = Vec::new();
         for i in 0..bases.len().saturating_sub(1) {
             let by_bytes = rb.is_some_and(|rb| total - sizes[i] >= rb);
             let by_age = match rm {
@@ -646,10 +652,17 @@ fn recover(
         // Where to start checking: the checkpoint when it is in this segment.
         let (mut start, mut off, mut max_ts) = (FILE_HEADER_LEN, base, i64::MIN);
         if let Some(c) = cp.filter(|c| c.segment == base && i == start_i) {
-            if c.position as usize <= bytes.len()
-                && c.position as usize >= FILE_HEADER_LEN
-                && c.next_offset >= base
-            {
+            // In a sealed segment (the writer rolled after the checkpoint) the position
+            // must still be where the frame of `next_offset` starts, or the end: compaction
+            // may have rewritten the segment since, and with cleaner.json lost nothing else
+            // says so. The active segment is never compacted, and may end in a torn frame.
+            let pos = c.position as usize;
+            let at_frame = last
+                || (pos == bytes.len() && limit == Some(c.next_offset))
+                || (pos < bytes.len()
+                    && matches!(check_frame(&bytes[pos..]),
+                        FrameCheck::Ok(f) if f.base_offset == c.next_offset));
+            if pos <= bytes.len() && pos >= FILE_HEADER_LEN && c.next_offset >= base && at_frame {
                 (start, off, max_ts) = (c.position as usize, c.next_offset, c.max_ts);
             }
         }

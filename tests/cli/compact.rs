@@ -463,3 +463,87 @@ fn the_server_compacts_compact_topics_in_the_background() {
     let last: Vec<serde_json::Value> = lines(&e.consume("cfg", &["--value"]));
     assert_eq!(last.last().unwrap()["seq"], 4099);
 }
+
+#[test]
+fn a_group_reaches_zero_lag_where_compaction_emptied_the_end_of_the_log() {
+    // Every record superseded by a tombstone, the tombstones expired, and the active segment
+    // empty (recovery sealed a torn tail behind a new one): the log ends in offsets with
+    // no record. A group that read to the end must be at the end.
+    let e = Env::new();
+    e.ok(
+        "logd",
+        &[
+            "topics",
+            "create",
+            "t",
+            "--cleanup-policy",
+            "compact",
+            "--segment-bytes",
+            "4KiB",
+            "--delete-retention",
+            "1ms",
+        ],
+        b"",
+    );
+    let mut input = String::new();
+    for i in 0..300 {
+        input += &format!("{{\"key\":\"k{}\",\"value\":{{\"n\":{i}}}}}\n", i % 10);
+    }
+    for k in 0..10 {
+        input += &format!("{{\"key\":\"k{k}\",\"value\":null}}\n");
+    }
+    e.produce("t", &["--envelope"], &input);
+    let dir = e.log().join("topics/t/0");
+    let active = segment_files(&dir, "log").last().cloned().unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(active)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"\x00\x00\x01torn").unwrap();
+    drop(f);
+    e.ok("logd", &["recover", "-t", "t"], b"");
+    let describe = |e: &Env| -> serde_json::Value {
+        let d: serde_json::Value =
+            serde_json::from_str(&e.ok("logd", &["topics", "describe", "t", "--json"], b""))
+                .unwrap();
+        d["partition_info"][0].clone()
+    };
+    // The active segment is empty: the last timestamp is the last tombstone's.
+    let d = describe(&e);
+    assert_eq!(d["records"], 310);
+    assert!(d["last_ts"].as_i64().is_some(), "{d}");
+    std::thread::sleep(Duration::from_millis(20));
+    e.ok("logd", &["compact", "-t", "t", "--force"], b"");
+    assert_eq!(e.consume("t", &[]), "");
+    // Records are counted, not offsets, on the server too, and after the policy changes.
+    assert_eq!(describe(&e)["records"], 0);
+    e.ok(
+        "logd",
+        &["topics", "alter", "t", "--cleanup-policy", "delete"],
+        b"",
+    );
+    let d = describe(&e);
+    assert_eq!(
+        (d["records"].as_u64(), d["latest"].as_u64()),
+        (Some(0), Some(310))
+    );
+    assert!(d["last_ts"].is_null(), "{d}");
+    {
+        let srv = Server::start(&e.log(), &[]);
+        let (status, body) = get(&format!("{}/topics/t", srv.url));
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["partition_info"][0]["records"], 0, "{v}");
+    }
+    e.ok(
+        "logd",
+        &["topics", "alter", "t", "--cleanup-policy", "compact"],
+        b"",
+    );
+    e.ok("consume", &["-t", "t", "--group", "g"], b"");
+    let d: serde_json::Value =
+        serde_json::from_str(&e.ok("logd", &["groups", "describe", "g", "--json"], b"")).unwrap();
+    let s = d.to_string();
+    assert!(s.contains("\"lag\":0"), "{s}");
+    assert!(s.contains("\"committed\":310"), "{s}");
+}
