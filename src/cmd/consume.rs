@@ -266,6 +266,8 @@ struct Part {
     done: bool,
     /// Next offset after the last record put in the output buffer.
     written: Option<u64>,
+    /// Where reading started.
+    start: u64,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -319,6 +321,7 @@ pub fn run(a: Args) -> Result<()> {
         let (reader, end) = open_range(&dir, committed.get(&p).copied(), &start, end.as_ref())?;
         parts.push(Part {
             p,
+            start: reader.position(),
             reader,
             end,
             done: false,
@@ -446,15 +449,16 @@ impl Consumer {
                     }
                     let part = &mut parts[i];
                     let Some(frame) = part.reader.next_frame()? else {
-                        // Caught up: the reader's position is the group's, as in Kafka.
-                        // Offsets that compaction left without records count as read, so a
-                        // group's lag can reach 0.
-                        let pos = part.reader.position();
+                        // Caught up: offsets that compaction left without records, up to the
+                        // end of the frames read, count as read, so a group's lag can reach
+                        // 0. Never beyond them: a start past the log end is not a position.
+                        let pos = part.reader.read_to();
                         let pos = part.end.map_or(pos, |e| pos.min(e));
                         let read = part
                             .written
-                            .or_else(|| self.committed.get(&part.p).copied());
-                        if read.is_none_or(|w| pos > w) {
+                            .or_else(|| self.committed.get(&part.p).copied())
+                            .unwrap_or(part.start);
+                        if pos > read {
                             part.written = Some(pos);
                         }
                         if !a.follow {

@@ -12,7 +12,7 @@
 //! partitions. Records land in order (the idempotent producer keeps a partition's order), so
 //! a count is a position, as long as the local records after the checkpoint are all still
 //! there; where compaction or retention removed some, the landed ones are matched by content
-//! (`resume_point`).
+//! (`matched_resume`), and where even that is ambiguous, sent again.
 
 use super::read::{self, Polled, Positions, Verdict};
 use super::Cluster;
@@ -76,113 +76,231 @@ fn save(path: &Path, c: &Checkpoint) -> Result<()> {
         .map_err(Error::io_with(|| path.display().to_string()))
 }
 
-/// What identifies a copied record on both sides: key, value and headers (not the
-/// timestamp, which a broker set to LogAppendTime rewrites).
-fn content_hash<'h>(
-    key: Option<&[u8]>,
-    value: &[u8],
-    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
-) -> u64 {
+/// A record that landed in Kafka past the checkpoint, as far as resuming needs it.
+struct Landed {
+    content: u64,
+    key: Option<u64>,
+    tombstone: bool,
+}
+
+fn hash_of(parts: &[&[u8]]) -> u64 {
     use std::hash::{Hash, Hasher};
     // SipHash with fixed keys: the same in the one process that hashes both sides.
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    value.hash(&mut h);
-    for (n, v) in headers {
-        n.hash(&mut h);
-        v.hash(&mut h);
+    for p in parts {
+        p.hash(&mut h);
     }
     h.finish()
 }
 
-fn local_hash(rec: &crate::log::format::Record<'_>) -> u64 {
+/// What identifies a copied record on both sides: key, value and headers (not the
+/// timestamp, which a broker set to LogAppendTime rewrites).
+fn landed_of<'h>(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+) -> Landed {
+    let value = value.unwrap_or_default();
+    let mut parts: Vec<&[u8]> = vec![key.map_or(&b"\x00"[..], |_| &b"\x01"[..])];
+    parts.extend(key);
+    parts.push(value);
+    for (n, v) in headers {
+        parts.extend([n, v]);
+    }
+    Landed {
+        content: hash_of(&parts),
+        key: key.map(|k| hash_of(&[k])),
+        tombstone: value == b"null",
+    }
+}
+
+fn local_landed(rec: &crate::log::format::Record<'_>) -> Landed {
     // Header names go to Kafka as strings (to_kafka_headers), so hash them as sent.
     let names: Vec<(String, &[u8])> = rec
         .headers()
         .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v))
         .collect();
-    content_hash(
+    landed_of(
         rec.key,
-        rec.value,
+        Some(rec.value),
         names.iter().map(|(n, v)| (n.as_bytes(), *v)),
     )
 }
 
-/// Where a partition resumes locally, given the content hashes of the records that landed in
-/// Kafka past the checkpoint. While the local records from the checkpoint on are dense,
-/// each landed record is the next one of them, so the count is the position. Once
-/// compaction or retention has removed some of them, counting would skip records never
-/// sent: the local records are then matched in order against the landed ones, and the
-/// first without a match is the first not sent (a removed record's copy is passed over; a
-/// record never sent cannot match, unless it repeats the key, value and headers of one that
-/// compaction removed, which Kafka then holds already).
-fn resume_point(r: &mut PartitionReader, local: u64, landed: &[u64]) -> Result<Option<u64>> {
+/// How the local records after a mirror's checkpoint line up with `landed` records that
+/// landed in Kafka past it.
+enum Dense {
+    /// Dense: each landed record is the next of them, so the count is the position.
+    At(u64),
+    /// Dense, and fewer than landed: another writer.
+    Short,
+    /// Compaction or retention removed some.
+    Thinned,
+}
+
+fn dense_resume(r: &mut PartitionReader, local: u64, landed: u64) -> Result<Dense> {
     r.seek(local)?;
     let mut next = r.position();
-    let mut dense = next == local;
-    let mut j = 0;
-    while j < landed.len() {
+    if next != local {
+        return Ok(Dense::Thinned);
+    }
+    let mut n = 0;
+    while n < landed {
         let Some(f) = r.next_frame()? else { break };
         for rec in f.records() {
-            if j == landed.len() {
+            if n == landed {
                 break;
             }
-            if dense && rec.offset != next {
-                dense = false;
+            if rec.offset != next {
+                return Ok(Dense::Thinned);
             }
-            if dense {
-                j += 1;
-            } else {
-                let h = local_hash(&rec);
-                match landed[j..].iter().position(|x| *x == h) {
-                    Some(k) => j += k + 1,
-                    None => return Ok(Some(next)),
-                }
-            }
+            n += 1;
             next = rec.offset + 1;
         }
     }
-    // Records left over in Kafka past every local one: in a dense range, another writer;
-    // otherwise the copies of records removed here since (tombstones dropped at the end of
-    // the range leave offsets without records there).
-    let removed = !dense || r.end_offset()? > next;
-    Ok((j == landed.len() || removed).then_some(next))
+    if n == landed {
+        return Ok(Dense::At(next));
+    }
+    // Offsets without records at the end (tombstones dropped there): not dense either.
+    Ok(if r.end_offset()? > next {
+        Dense::Thinned
+    } else {
+        Dense::Short
+    })
 }
 
-/// Reads Kafka partition `p` from `from` to its end: the content hashes of the records
-/// found, and the next offset after the last one (`from` when none).
-fn landed_since(cluster: &Cluster, topic: &str, p: u32, from: u64) -> Result<(Vec<u64>, u64)> {
+/// Where a partition resumes when compaction or retention has removed some of the local
+/// records sent after the checkpoint, so a count would skip records never sent. The local
+/// records are matched in order against the landed ones (by content); every landed record
+/// left unmatched must be one removed here since: a tombstone, one that retention deleted
+/// before the first match, or one whose key has a local record after the last match before
+/// it (compaction keeps only a key's latest). Then, for every key, what Kafka holds last is
+/// what the local log holds last. When that does not hold, the resume point is ambiguous:
+/// everything after the checkpoint is sent again (duplicates, never a gap), and says so.
+fn matched_resume(
+    r: &mut PartitionReader,
+    local: u64,
+    landed: &[Landed],
+) -> Result<(u64, Option<String>)> {
+    r.seek(local)?;
+    let start = r.position();
+    let deleted_before = start != local;
+    let (mut j, mut next, mut last_match) = (0, start, None);
+    // Landed records without a local match: (index, offset of the last match before it).
+    let mut unmatched: Vec<(usize, Option<u64>)> = Vec::new();
+    'walk: while j < landed.len() {
+        let Some(f) = r.next_frame()? else { break };
+        for rec in f.records() {
+            if j == landed.len() {
+                break 'walk;
+            }
+            let h = local_landed(&rec).content;
+            let Some(k) = landed[j..].iter().position(|x| x.content == h) else {
+                break 'walk;
+            };
+            unmatched.extend((j..j + k).map(|i| (i, last_match)));
+            j += k + 1;
+            last_match = Some(rec.offset);
+            next = rec.offset + 1;
+        }
+    }
+    unmatched.extend((j..landed.len()).map(|i| (i, last_match)));
+    let mut need: BTreeMap<u64, Option<u64>> = BTreeMap::new();
+    let mut ambiguous = false;
+    for &(i, after) in &unmatched {
+        let l = &landed[i];
+        if l.tombstone || (deleted_before && after.is_none()) {
+            continue;
+        }
+        match l.key {
+            Some(k) => {
+                need.insert(k, None);
+            }
+            None => ambiguous = true,
+        }
+    }
+    if !ambiguous && !need.is_empty() {
+        // The last local offset of each key that has to explain a removal.
+        r.seek(local)?;
+        while let Some(f) = r.next_frame()? {
+            for rec in f.records() {
+                if let Some(k) = rec.key {
+                    if let Some(last) = need.get_mut(&hash_of(&[k])) {
+                        *last = Some(rec.offset);
+                    }
+                }
+            }
+        }
+        ambiguous = unmatched.iter().any(|&(i, after)| {
+            let l = &landed[i];
+            let exempt = l.tombstone || (deleted_before && after.is_none());
+            !exempt
+                && l.key.is_some_and(|k| {
+                    need.get(&k)
+                        .copied()
+                        .flatten()
+                        .is_none_or(|o| after.is_some_and(|a| o <= a))
+                })
+        });
+    }
+    if ambiguous {
+        return Ok((
+            start,
+            Some(format!(
+                "compaction or retention removed records sent after the checkpoint, and the {} \
+                 records that landed in Kafka since do not match what is left: sending again \
+                 from offset {start} (Kafka may hold some of them twice)",
+                landed.len()
+            )),
+        ));
+    }
+    Ok((next, None))
+}
+
+/// Reads Kafka partition `p` from `from` to its end: how many records were found (and, with
+/// `keep`, what resuming needs of each), and the next offset after the last one (`from`
+/// when none).
+fn landed_since(
+    cluster: &Cluster,
+    topic: &str,
+    p: u32,
+    from: u64,
+    keep: bool,
+) -> Result<(u64, Vec<Landed>, u64)> {
     let c = read::consumer(cluster)?;
     let (lo, _) = read::watermarks(cluster, &c, topic, p)?;
     let from = from.max(lo);
     read::assign(&c, topic, &[(p, from)])?;
     let mut pos = Positions::default();
     pos.start(p, from, lo);
-    let mut n = Vec::new();
+    let (mut n, mut kept) = (0, Vec::new());
     loop {
         match read::poll(&c, POLL)? {
             Polled::Message(m) => {
                 let o = m.offset().max(0) as u64;
                 if pos.on_record(cluster, &c, topic, p, o)? == Verdict::Deliver {
-                    let headers = m.headers();
-                    let hs = headers.iter().flat_map(|hs| hs.iter());
-                    n.push(content_hash(
-                        m.key(),
-                        m.payload().unwrap_or_default(),
-                        hs.map(|h| (h.key.as_bytes(), h.value.unwrap_or_default())),
-                    ));
+                    n += 1;
+                    if keep {
+                        let headers = m.headers();
+                        let hs = headers.iter().flat_map(|hs| hs.iter());
+                        kept.push(landed_of(
+                            m.key(),
+                            m.payload(),
+                            hs.map(|h| (h.key.as_bytes(), h.value.unwrap_or_default())),
+                        ));
+                    }
                 }
             }
             Polled::Eof(q) if q == p => {
                 if pos.on_eof(cluster, &c, topic, p)? {
-                    return Ok((n, pos.next(p).unwrap_or(from)));
+                    return Ok((n, kept, pos.next(p).unwrap_or(from)));
                 }
             }
             Polled::Eof(_) => {}
             Polled::Nothing => {
                 pos.tick(cluster, &c, topic)?;
                 if pos.quiet(p) {
-                    return Ok((n, pos.next(p).unwrap_or(from)));
+                    return Ok((n, kept, pos.next(p).unwrap_or(from)));
                 }
             }
         }
@@ -265,13 +383,25 @@ pub fn to_kafka(j: &Job<'_>) -> Result<()> {
                 kafka: 0,
             },
         };
-        let (landed, kafka_end) = landed_since(j.cluster, j.to_topic, p, pair.kafka)?;
-        let Some(next_local) = resume_point(&mut r, pair.local, &landed)? else {
-            return Err(Error::Data(format!(
-                "partition {p}: Kafka holds {} records past the checkpoint, more than the local log has: another writer? ({})",
-                landed.len(),
-                path.display()
-            )));
+        let (landed, _, kafka_end) = landed_since(j.cluster, j.to_topic, p, pair.kafka, false)?;
+        let next_local = match dense_resume(&mut r, pair.local, landed)? {
+            Dense::At(next) => next,
+            Dense::Short => {
+                return Err(Error::Data(format!(
+                    "partition {p}: Kafka holds {landed} records past the checkpoint, more than the local log has: another writer? ({})",
+                    path.display()
+                )))
+            }
+            Dense::Thinned => {
+                // Read again, keeping what each landed record is (only in this rare case,
+                // so memory does not grow with the topic otherwise).
+                let (_, kept, _) = landed_since(j.cluster, j.to_topic, p, pair.kafka, true)?;
+                let (next, warning) = matched_resume(&mut r, pair.local, &kept)?;
+                if let Some(w) = warning {
+                    cli::note(false, "logd mirror", &format!("partition {p}: {w}"));
+                }
+                next
+            }
         };
         r.seek(next_local)?;
         let end = r.end_offset()?;

@@ -89,6 +89,12 @@ impl PartitionReader {
         self.from.max(self.next_offset)
     }
 
+    /// The offset after the frames read so far: every record below it that is at or after
+    /// the position has been returned. Unlike `position`, never past the log's end.
+    pub fn read_to(&self) -> u64 {
+        self.next_offset
+    }
+
     fn refresh_segments(&mut self) -> Result<bool> {
         let s = segment::list_segments(&self.dir)
             .map_err(Error::io_with(|| format!("listing {}", self.dir.display())))?;

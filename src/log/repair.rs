@@ -16,7 +16,7 @@ use crate::log::segment::{self, log_path, Mapped, ScanStop};
 use crate::log::topic::TopicConfig;
 use crate::log::writer::{lock_partition, FsyncMode, PartitionWriter};
 use crate::record::time::now_ms;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 /// What `repair` found and did in one partition.
@@ -251,11 +251,12 @@ pub fn partition(dir: &Path, cfg: &TopicConfig, salvage: bool) -> Result<Outcome
                 };
                 fs::write(&tmp, header.encode())?;
             } else {
-                fs::copy(&seg_path, &tmp)?;
-                OpenOptions::new()
-                    .write(true)
-                    .open(&tmp)?
-                    .set_len(d.pos as u64)?;
+                // Only the kept prefix is copied: the disk may be what is short.
+                let mut out = File::create(&tmp)?;
+                std::io::copy(
+                    &mut std::io::Read::take(File::open(&seg_path)?, d.pos as u64),
+                    &mut out,
+                )?;
             }
             File::open(&tmp)?.sync_all()?;
             fs::rename(&tmp, &seg_path)

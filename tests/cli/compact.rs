@@ -547,3 +547,44 @@ fn a_group_reaches_zero_lag_where_compaction_emptied_the_end_of_the_log() {
     assert!(s.contains("\"lag\":0"), "{s}");
     assert!(s.contains("\"committed\":310"), "{s}");
 }
+
+#[test]
+fn a_group_that_started_past_the_end_does_not_commit_beyond_it() {
+    // Catching up commits the end of the frames read, never a start past the log's end:
+    // records appended later still reach the group.
+    let e = Env::new();
+    let rows = |from: usize, n: usize| -> String {
+        (from..from + n)
+            .map(|i| format!("{{\"n\":{i}}}\n"))
+            .collect()
+    };
+    e.produce("t", &[], &rows(0, 10));
+    assert_eq!(
+        e.ok(
+            "consume",
+            &["-t", "t", "--group", "g", "--from", "1000"],
+            b""
+        ),
+        ""
+    );
+    assert_eq!(
+        e.ok(
+            "consume",
+            &["-t", "t", "--group", "h", "--from", "5", "--to", "3"],
+            b""
+        ),
+        ""
+    );
+    e.produce("t", &[], &rows(10, 5));
+    let got = e.ok("consume", &["-t", "t", "--group", "g", "--value"], b"");
+    assert_eq!(
+        got,
+        rows(0, 15),
+        "no commit past the end: the group starts at --from's default"
+    );
+    let got = e.ok("consume", &["-t", "t", "--group", "g", "--value"], b"");
+    assert_eq!(got, "");
+    e.produce("t", &[], &rows(15, 2));
+    let got = e.ok("consume", &["-t", "t", "--group", "g", "--value"], b"");
+    assert_eq!(got, rows(15, 2));
+}

@@ -584,3 +584,79 @@ fn mirror_resumes_exactly_after_compaction_removed_records_it_had_sent() {
     full.extend_from_slice(&fmt);
     assert_eq!(run_ok(tool("consume", &b, &full), b""), sent + &after);
 }
+
+#[test]
+fn mirror_sends_again_rather_than_skip_when_what_landed_cannot_be_matched() {
+    // Sent and then lost from the checkpoint: d0..d9 written 150 times. Not sent: d0..d9
+    // again, repeating the first ten of those exactly, then unkeyed filler. Compaction
+    // leaves of the keyed ones only the unsent repeats, which match landed records: taking
+    // them for sent would leave Kafka's latest d0..d9 behind the log's.
+    let b = Broker::start();
+    let src = Env::new();
+    src.ok(
+        "logd",
+        &[
+            "topics",
+            "create",
+            "dev",
+            "--cleanup-policy",
+            "compact",
+            "--segment-bytes",
+            "4KiB",
+        ],
+        b"",
+    );
+    let rows = |from: usize, n: usize| -> String {
+        (from..from + n)
+            .map(|i| format!("{{\"id\":\"d{}\",\"n\":{i}}}\n", i % 10))
+            .collect()
+    };
+    let url = b.url();
+    let to = [
+        "mirror",
+        "-q",
+        "-t",
+        "dev",
+        "--to",
+        &url,
+        "--to-topic",
+        "copy",
+    ];
+    src.produce("dev", &["--key", "id"], &rows(0, 1500));
+    src.ok("logd", &to, b"");
+    let ck = src.log().join("mirror/dev.to-kafka.copy.json");
+    let first = std::fs::read(&ck).unwrap();
+    src.produce("dev", &["--key", "id"], &rows(1500, 1500));
+    src.ok("logd", &to, b"");
+    let fmt = ["--format", "%o %k %s\\n"];
+    let sent = src.consume("dev", &fmt);
+    std::fs::write(&ck, first).unwrap();
+    src.produce("dev", &["--key", "id"], &rows(1500, 10));
+    let filler: String = (0..300).map(|i| format!("{{\"f\":{i}}}\n")).collect();
+    src.produce("dev", &[], &filler);
+    src.ok("logd", &["compact", "-t", "dev", "--force"], b"");
+    let o = src.run("logd", &to, b"");
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("sending again from offset 1500"), "{err}");
+    let after = src.consume("dev", &["--from", "3000", "--format", "%o %k %s\\n"]);
+    assert_eq!(after.lines().count(), 310);
+    let mut full = vec!["-t", "copy"];
+    full.extend_from_slice(&fmt);
+    let copy = run_ok(tool("consume", &b, &full), b"");
+    // Kafka offsets are the local ones up to 3000, then the resent records follow.
+    let resent: Vec<String> = copy
+        .lines()
+        .skip(3000)
+        .map(|l| l.split_once(' ').unwrap().1.to_string())
+        .collect();
+    let local: Vec<String> = after
+        .lines()
+        .map(|l| l.split_once(' ').unwrap().1.to_string())
+        .collect();
+    assert_eq!(
+        copy.lines().take(3000).collect::<Vec<_>>(),
+        sent.lines().collect::<Vec<_>>()
+    );
+    assert_eq!(resent, local);
+}
