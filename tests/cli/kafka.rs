@@ -527,12 +527,19 @@ fn mirror_to_kafka_and_back_survives_kills_with_no_gap_and_no_duplicate() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("partition numbers"));
 }
 
-#[test]
-fn mirror_resumes_exactly_after_compaction_removed_records_it_had_sent() {
-    // A mirror sends records, is killed before its checkpoint moves past them, and the
-    // topic is compacted before it restarts: most of what it had sent is gone locally.
-    // Counting the landed records would skip records never sent; it must resume exactly.
-    let b = Broker::start();
+/// Keyed readings d0..d9 numbered from `from`.
+fn keyed(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("{{\"id\":\"d{}\",\"n\":{i}}}\n", i % 10))
+        .collect()
+}
+
+const MIRROR_FMT: [&str; 2] = ["--format", "%o %k %s\\n"];
+
+/// A compacted topic `dev` mirrored twice to `copy`, 1,500 keyed records each time, then the
+/// second run's checkpoint lost (as a SIGKILL just before it would lose it). Returns the log
+/// and what Kafka holds (as consume prints it with MIRROR_FMT).
+fn mirrored_then_checkpoint_lost(b: &Broker) -> (Env, String) {
     let src = Env::new();
     src.ok(
         "logd",
@@ -547,11 +554,19 @@ fn mirror_resumes_exactly_after_compaction_removed_records_it_had_sent() {
         ],
         b"",
     );
-    let rows = |from: usize, n: usize| -> String {
-        (from..from + n)
-            .map(|i| format!("{{\"id\":\"d{}\",\"n\":{i}}}\n", i % 10))
-            .collect()
-    };
+    src.produce("dev", &["--key", "id"], &keyed(0, 1500));
+    mirror_dev_ok(&src, b);
+    let ck = src.log().join("mirror/dev.to-kafka.copy.json");
+    let first = std::fs::read(&ck).unwrap();
+    src.produce("dev", &["--key", "id"], &keyed(1500, 1500));
+    mirror_dev_ok(&src, b);
+    let sent = src.consume("dev", &MIRROR_FMT);
+    std::fs::write(&ck, first).unwrap();
+    (src, sent)
+}
+
+/// `logd mirror` of `dev` to `copy`.
+fn mirror_dev(src: &Env, b: &Broker) -> std::process::Output {
     let url = b.url();
     let to = [
         "mirror",
@@ -563,100 +578,62 @@ fn mirror_resumes_exactly_after_compaction_removed_records_it_had_sent() {
         "--to-topic",
         "copy",
     ];
-    src.produce("dev", &["--key", "id"], &rows(0, 1500));
-    src.ok("logd", &to, b"");
-    let ck = src.log().join("mirror/dev.to-kafka.copy.json");
-    let first = std::fs::read(&ck).unwrap();
-    src.produce("dev", &["--key", "id"], &rows(1500, 1500));
-    src.ok("logd", &to, b"");
-    let fmt = ["--format", "%o %k %s\\n"];
-    let sent = src.consume("dev", &fmt);
-    // The second run's checkpoint is lost, as a SIGKILL just before it would lose it.
-    std::fs::write(&ck, first).unwrap();
-    src.ok("logd", &["compact", "-t", "dev", "--force"], b"");
-    let left = src.consume("dev", &fmt).lines().count();
-    assert!(left < 600, "compaction kept {left} of 3000");
-    src.produce("dev", &["--key", "id"], &rows(3000, 50));
-    src.ok("logd", &to, b"");
-    let after = src.consume("dev", &["--from", "3000", "--format", "%o %k %s\\n"]);
-    assert_eq!(after.lines().count(), 50);
+    src.run("logd", &to, b"")
+}
+
+fn mirror_dev_ok(src: &Env, b: &Broker) {
+    let o = mirror_dev(src, b);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn kafka_copy(b: &Broker) -> String {
     let mut full = vec!["-t", "copy"];
-    full.extend_from_slice(&fmt);
-    assert_eq!(run_ok(tool("consume", &b, &full), b""), sent + &after);
+    full.extend_from_slice(&MIRROR_FMT);
+    run_ok(tool("consume", b, &full), b"")
+}
+
+#[test]
+fn mirror_resumes_exactly_after_compaction_removed_records_it_had_sent() {
+    // Compaction runs before the mirror restarts: most of what it had sent after its
+    // checkpoint is gone locally. Counting the landed records would skip records never
+    // sent; it must resume exactly.
+    let b = Broker::start();
+    let (src, sent) = mirrored_then_checkpoint_lost(&b);
+    src.ok("logd", &["compact", "-t", "dev", "--force"], b"");
+    let left = src.consume("dev", &MIRROR_FMT).lines().count();
+    assert!(left < 600, "compaction kept {left} of 3000");
+    src.produce("dev", &["--key", "id"], &keyed(3000, 50));
+    mirror_dev_ok(&src, &b);
+    let after = src.consume("dev", &["--from", "3000", MIRROR_FMT[0], MIRROR_FMT[1]]);
+    assert_eq!(after.lines().count(), 50);
+    assert_eq!(kafka_copy(&b), sent + &after);
 }
 
 #[test]
 fn mirror_sends_again_rather_than_skip_when_what_landed_cannot_be_matched() {
-    // Sent and then lost from the checkpoint: d0..d9 written 150 times. Not sent: d0..d9
-    // again, repeating the first ten of those exactly, then unkeyed filler. Compaction
-    // leaves of the keyed ones only the unsent repeats, which match landed records: taking
-    // them for sent would leave Kafka's latest d0..d9 behind the log's.
+    // Not sent: d0..d9 again, repeating exactly the first ten records sent after the
+    // checkpoint, then unkeyed filler. Compaction leaves of the keyed ones only the unsent
+    // repeats, which match landed records: taking them for sent would leave Kafka's latest
+    // d0..d9 behind the log's.
     let b = Broker::start();
-    let src = Env::new();
-    src.ok(
-        "logd",
-        &[
-            "topics",
-            "create",
-            "dev",
-            "--cleanup-policy",
-            "compact",
-            "--segment-bytes",
-            "4KiB",
-        ],
-        b"",
-    );
-    let rows = |from: usize, n: usize| -> String {
-        (from..from + n)
-            .map(|i| format!("{{\"id\":\"d{}\",\"n\":{i}}}\n", i % 10))
-            .collect()
-    };
-    let url = b.url();
-    let to = [
-        "mirror",
-        "-q",
-        "-t",
-        "dev",
-        "--to",
-        &url,
-        "--to-topic",
-        "copy",
-    ];
-    src.produce("dev", &["--key", "id"], &rows(0, 1500));
-    src.ok("logd", &to, b"");
-    let ck = src.log().join("mirror/dev.to-kafka.copy.json");
-    let first = std::fs::read(&ck).unwrap();
-    src.produce("dev", &["--key", "id"], &rows(1500, 1500));
-    src.ok("logd", &to, b"");
-    let fmt = ["--format", "%o %k %s\\n"];
-    let sent = src.consume("dev", &fmt);
-    std::fs::write(&ck, first).unwrap();
-    src.produce("dev", &["--key", "id"], &rows(1500, 10));
+    let (src, sent) = mirrored_then_checkpoint_lost(&b);
+    src.produce("dev", &["--key", "id"], &keyed(1500, 10));
     let filler: String = (0..300).map(|i| format!("{{\"f\":{i}}}\n")).collect();
     src.produce("dev", &[], &filler);
     src.ok("logd", &["compact", "-t", "dev", "--force"], b"");
-    let o = src.run("logd", &to, b"");
+    let o = mirror_dev(&src, &b);
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("sending again from offset 1500"), "{err}");
-    let after = src.consume("dev", &["--from", "3000", "--format", "%o %k %s\\n"]);
+    let after = src.consume("dev", &["--from", "3000", MIRROR_FMT[0], MIRROR_FMT[1]]);
     assert_eq!(after.lines().count(), 310);
-    let mut full = vec!["-t", "copy"];
-    full.extend_from_slice(&fmt);
-    let copy = run_ok(tool("consume", &b, &full), b"");
-    // Kafka offsets are the local ones up to 3000, then the resent records follow.
-    let resent: Vec<String> = copy
-        .lines()
-        .skip(3000)
-        .map(|l| l.split_once(' ').unwrap().1.to_string())
-        .collect();
-    let local: Vec<String> = after
-        .lines()
-        .map(|l| l.split_once(' ').unwrap().1.to_string())
-        .collect();
+    // Kafka's offsets are the local ones up to 3000; the records sent again follow.
+    let copy = kafka_copy(&b);
+    let value = |l: &str| l.split_once(' ').unwrap().1.to_string();
     assert_eq!(
         copy.lines().take(3000).collect::<Vec<_>>(),
         sent.lines().collect::<Vec<_>>()
     );
-    assert_eq!(resent, local);
+    let resent: Vec<String> = copy.lines().skip(3000).map(value).collect();
+    assert_eq!(resent, after.lines().map(value).collect::<Vec<_>>());
 }
