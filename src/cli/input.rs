@@ -51,12 +51,17 @@ impl RecordArgs {
 
     /// --max-record-bytes, checked.
     pub fn max_record_bytes(&self) -> Result<usize> {
-        let max = time::parse_size(&self.max_record_bytes).map_err(usage)? as usize;
-        if max == 0 {
-            return Err(usage("--max-record-bytes must be positive"));
-        }
-        Ok(max)
+        parse_max_record_bytes(&self.max_record_bytes)
     }
+}
+
+/// A --max-record-bytes value: a positive size.
+pub fn parse_max_record_bytes(s: &str) -> Result<usize> {
+    let max = time::parse_size(s).map_err(usage)? as usize;
+    if max == 0 {
+        return Err(usage("--max-record-bytes must be positive"));
+    }
+    Ok(max)
 }
 
 /// An opened input: the reader, the descriptor to poll for readiness (None for regular files,

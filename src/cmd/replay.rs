@@ -10,9 +10,10 @@ use crate::error::{setup, usage, Error, Result};
 use crate::log::format::Record;
 use crate::log::groups::Groups;
 use crate::log::{Log, PartitionReader};
-use crate::record::fields::{self, FieldPath};
+use crate::record::envelope;
+use crate::record::ingest::{Format, Ingest, Item};
 use crate::record::json::write_str;
-use crate::record::{csvrow, envelope};
+use crate::record::lines::{LineReader, Next};
 use crate::server::client::ServerArgs;
 use clap::{CommandFactory, Parser};
 use std::cmp::Reverse;
@@ -557,20 +558,6 @@ fn write_in_parallel(
     })
 }
 
-/// A CSV row written back as a line (quoted where it needs to be), for a dead letter.
-fn csv_line(row: &csv::ByteRecord) -> Vec<u8> {
-    let mut w = csv::WriterBuilder::new()
-        .flexible(true)
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
-    let _ = w.write_byte_record(row);
-    let mut out = w.into_inner().unwrap_or_default();
-    if out.last() == Some(&b'\n') {
-        out.pop();
-    }
-    out
-}
-
 /// The files a --file argument names: itself, or a directory's files in name order.
 fn dump_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
@@ -596,109 +583,54 @@ fn replay_files(
     out: &mut Output,
     pb: &mut indicatif::ProgressBar,
 ) -> Result<()> {
-    let Some(ts_field) = a.ts.as_deref().map(FieldPath::parse) else {
+    let Some(ts_field) = a.ts.as_deref() else {
         return Err(usage("--file needs --ts FIELD (the records' timestamps)"));
     };
-    let max = crate::record::time::parse_size(&a.max_record_bytes)
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            usage(format!(
-                "--max-record-bytes {:?}: expected a size",
-                a.max_record_bytes
-            ))
-        })? as usize;
+    let max = crate::cli::input::parse_max_record_bytes(&a.max_record_bytes)?;
     let mut bad = BadRecords::new("replay", OnError::parse(&a.on_error)?)?;
+    // The lines are judged as `produce` judges them (same formats, timestamps, limits).
+    let format = if a.csv { Format::Csv } else { Format::Ndjson };
+    let mut ingest = Ingest::new(
+        format,
+        None,
+        Some(ts_field),
+        None,
+        max,
+        "--max-record-bytes",
+    )
+    .map_err(usage)?;
     // Every record as one line in `text`, with its timestamp; sorted stably, so ties keep
     // file and line order.
     let mut text: Vec<u8> = Vec::new();
     let mut recs: Vec<(i64, usize, usize)> = Vec::new();
     for f in dump_files(&a.file)? {
         let where_ = format!("{}: ", f.display());
-        let mut add = |no: u64, obj: &[u8], bad: &mut BadRecords| -> Result<()> {
-            let ts = fields::find(obj, None, Some(&ts_field)).and_then(|found| {
-                let raw = found.ts.ok_or_else(|| format!("no field {ts_field}"))?;
-                fields::ts_ms(&raw, None).map_err(|e| format!("{ts_field}: {e}"))
-            });
-            match ts {
-                Ok(ts) => {
+        let file = std::fs::File::open(&f).map_err(|e| setup(format!("{}: {e}", f.display())))?;
+        let mut lines = LineReader::new(file, max, None);
+        ingest.new_source();
+        loop {
+            let line = lines
+                .next_line()
+                .map_err(|e| Error::io(format!("reading {}", f.display()), e))?;
+            let item = match line {
+                Next::Line(l) => ingest.line(l.no, l.bytes, l.oversize),
+                Next::Idle => continue,
+                Next::Eof => match ingest.finish() {
+                    Some(item) => item,
+                    None => break,
+                },
+            };
+            match item {
+                Item::Record(p) => {
+                    // A ts field was asked for: a record without one is Bad, not here.
+                    let Some(ts) = p.ts else { continue };
                     let at = text.len();
-                    text.extend_from_slice(obj);
+                    text.extend_from_slice(&p.value);
                     text.push(b'\n');
                     recs.push((ts, at, text.len()));
-                    Ok(())
                 }
-                Err(e) => bad.handle(&where_, no, &e, obj, None),
-            }
-        };
-        let file = std::fs::File::open(&f).map_err(|e| setup(format!("{}: {e}", f.display())))?;
-        if a.csv {
-            let mut rdr = csv::ReaderBuilder::new()
-                .flexible(true)
-                .from_reader(std::io::BufReader::new(file));
-            let headers: Vec<String> = rdr
-                .headers()
-                .map_err(|e| Error::Data(format!("{}: {e}", f.display())))?
-                .iter()
-                .map(String::from)
-                .collect();
-            let mut obj = Vec::new();
-            let mut row = csv::ByteRecord::new();
-            loop {
-                let at = rdr.position().line();
-                let read = rdr.read_byte_record(&mut row);
-                // The line the row starts on (a quoted field may span lines).
-                let no = row.position().map_or(at, |p| p.line());
-                match read {
-                    Ok(false) => break,
-                    Ok(true) => {
-                        let cells: Option<Vec<&str>> =
-                            row.iter().map(|c| std::str::from_utf8(c).ok()).collect();
-                        match cells {
-                            Some(cells) if cells.len() == headers.len() => {
-                                obj.clear();
-                                csvrow::write_object(&mut obj, &headers, &cells);
-                                add(no, &obj, &mut bad)?;
-                            }
-                            Some(cells) => bad.handle(
-                                &where_,
-                                no,
-                                &format!(
-                                    "{} fields where the header has {}",
-                                    cells.len(),
-                                    headers.len()
-                                ),
-                                &csv_line(&row),
-                                None,
-                            )?,
-                            None => bad.handle(&where_, no, "not UTF-8", &csv_line(&row), None)?,
-                        }
-                    }
-                    // A CSV syntax error ends the file: nothing after it can be trusted.
-                    Err(e) => {
-                        bad.handle(&where_, no, &e.to_string(), b"", None)?;
-                        break;
-                    }
-                }
-            }
-        } else {
-            let mut lines = crate::record::lines::LineReader::new(file, max, None);
-            loop {
-                match lines
-                    .next_line()
-                    .map_err(|e| Error::io(format!("reading {}", f.display()), e))?
-                {
-                    crate::record::lines::Next::Line(l) => {
-                        if l.oversize {
-                            let e = format!("line longer than --max-record-bytes ({max} bytes)");
-                            bad.handle(&where_, l.no, &e, l.bytes, None)?;
-                        } else if !l.bytes.iter().all(u8::is_ascii_whitespace) {
-                            add(l.no, l.bytes, &mut bad)?;
-                        }
-                    }
-                    crate::record::lines::Next::Idle => {}
-                    crate::record::lines::Next::Eof => break,
-                }
+                Item::Bad(no, msg, bytes) => bad.handle(&where_, no, &msg, &bytes, None)?,
+                Item::Nothing => {}
             }
         }
     }

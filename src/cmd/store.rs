@@ -303,7 +303,7 @@ fn write(log_args: &LogArgs, a: WriteArgs) -> Result<()> {
         ));
     };
     let tref = TableRef::parse(name)?;
-    let max = time::parse_size(&a.max_record_bytes).map_err(usage)? as usize;
+    let max = crate::cli::input::parse_max_record_bytes(&a.max_record_bytes)?;
     if max == 0 || max > MAX_RECORD_BYTES {
         return Err(usage(format!(
             "--max-record-bytes must be 1 to {MAX_RECORD_BYTES}"
