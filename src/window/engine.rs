@@ -65,13 +65,14 @@ struct Group {
     sessions: Vec<Session>,
 }
 
-/// One result waiting to be written, with its sort key (k1, rank, k2, group).
+/// One `--emit update` result waiting to be written, with its sort key (k1, rank, k2): the
+/// record's arrival, then its retractions before its update, then the window start. A
+/// record has one group, so that order is total.
 struct Item {
     k1: i64,
-    /// `--emit update`: a record's retractions (0) come before its update (1).
+    /// A record's retractions (0) come before its update (1).
     rank: u8,
     k2: i64,
-    group: (usize, usize),
     line: (usize, usize),
 }
 
@@ -107,7 +108,6 @@ impl Closed {
 #[derive(Default)]
 struct Pending {
     out: Vec<u8>,
-    groups: Vec<u8>,
     items: Vec<Item>,
     closed: Vec<Closed>,
 }
@@ -129,12 +129,10 @@ impl Pending {
         let from = self.out.len();
         render_head(spec, start, end, key, &mut self.out);
         self.out.extend_from_slice(b",\"retracted\":true}}\n");
-        let g = self.groups.len();
         self.items.push(Item {
             k1: seq as i64,
             rank: 0,
             k2: start,
-            group: (g, g),
             line: (from, self.out.len()),
         });
     }
@@ -159,13 +157,10 @@ impl Pending {
         }
         slot.last.clear();
         slot.last.extend_from_slice(&self.out[from..]);
-        let g = self.groups.len();
         self.items.push(Item {
             k1: seq as i64,
             rank: 1,
             k2: start,
-            // Updates sort by arrival and start alone: no group bytes needed.
-            group: (g, g),
             line: (from, self.out.len()),
         });
         true
@@ -180,7 +175,6 @@ impl Pending {
             return;
         }
         self.out.clear();
-        self.groups.clear();
         self.items.clear();
         self.closed.clear();
     }
@@ -578,14 +572,9 @@ impl Engine {
         }
         let shards = &self.shards;
         let item = |&(s, i): &(usize, usize)| &shards[s].pending.items[i];
-        all.sort_unstable_by(|a, b| {
-            let (x, y) = (item(a), item(b));
+        all.sort_unstable_by_key(|a| {
+            let x = item(a);
             (x.k1, x.rank, x.k2)
-                .cmp(&(y.k1, y.rank, y.k2))
-                .then_with(|| {
-                    shards[a.0].pending.groups[x.group.0..x.group.1]
-                        .cmp(&shards[b.0].pending.groups[y.group.0..y.group.1])
-                })
         });
         for a in &all {
             let it = item(a);
