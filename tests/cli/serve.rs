@@ -757,7 +757,24 @@ fn each_limit_gives_a_clear_http_error_and_others_are_still_served() {
     let (s, body) = get(&format!("{base}/topics/ok/records?follow=true"));
     assert_eq!(s, 429, "{body}");
     drop(follows);
-    // Connections over --max-connections get a 503; the others still work.
+    // Connections over --max-connections get a 503; the others still work. First let the
+    // server see the follow streams and the client's pooled connections go (the idle
+    // timeout closes those), so that the 40 below are all it holds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = raw_exchange(
+            srv.addr(),
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        if m.lines().any(|l| l == "kappa_connections 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections stay open: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let mut idle = Vec::new();
     for _ in 0..40 {
         idle.push(TcpStream::connect(srv.addr()).unwrap());
